@@ -259,7 +259,8 @@ def prune(model: nn.Module, sparsity: float, *, scope: str = "layer", norm: floa
     for name, module in layers:
         weight = _effective_weight(module)
         if dim is not None and not -weight.dim() <= dim < weight.dim():
-            raise MaskError(f"dim={dim} is out of range for {name} with weight {tuple(weight.shape)}")
+            raise MaskError(f"dim={dim} is out of range for {name} with weight "
+                            f"{tuple(weight.shape)}")
         scores.append(torch.linalg.vector_norm(_units(weight, dim).float(), ord=norm, dim=1))
         dropped.append(_units(module.weight_mask, dim).eq(0).all(dim=1) if _is_masked(module)
                        else torch.zeros_like(scores[-1], dtype=torch.bool))
