@@ -138,7 +138,6 @@ def test_missing_onnxruntime_says_how_to_install(tmp_path, monkeypatch):
         export_onnx(nn.Linear(2, 2), tmp_path / "l.onnx", torch.randn(1, 2))
 
 
-@pytest.mark.skipif(not hasattr(surgeon, "slim"), reason="surgeon.slim has not landed yet")
 def test_slimmed_resnet18_exports_and_runs_two_batch_sizes(tmp_path):
     x = torch.randn(1, 3, 64, 64)
     slim = surgeon.slim(torchvision.models.resnet18(weights=None), 0.5, x)
@@ -147,3 +146,13 @@ def test_slimmed_resnet18_exports_and_runs_two_batch_sizes(tmp_path):
     assert result.size_bytes < 0.4 * 4 * 11_689_512  # about a quarter of resnet18's weights
     for batch in (2, 7):
         assert _runs_at(result.path, (batch, 3, 64, 64), slim) < TOLERANCE
+
+
+def test_slimmed_vit_exports_and_runs_two_batch_sizes(tmp_path):
+    vit, x = _tiny_vit(), torch.randn(1, 3, 32, 32)
+    slim = surgeon.slim(vit, 0.5, x)
+    assert sum(p.numel() for p in slim.parameters()) < sum(p.numel() for p in vit.parameters())
+    result = export_onnx(slim, tmp_path / "slim_vit.onnx", x)
+    assert result.max_error < TOLERANCE
+    for batch in (3, 6):
+        assert _runs_at(result.path, (batch, 3, 32, 32), slim) < TOLERANCE
