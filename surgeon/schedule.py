@@ -45,7 +45,8 @@ class Step:
 
     Attributes:
         index: 0 for the model before pruning, then 1, 2, …
-        removed: the nominal fraction removed so far (weights, or channels when structured).
+        removed: the fraction removed so far: of the masked layers' weights (unstructured),
+            or of the prunable channels, counted from the plans (structured).
         sparsity: measured fraction of weights gone (masked, or removed parameters).
         macs_keep: measured MACs relative to the start (1.0 for masks: dense MACs don't change).
         metric: ``evaluate(model)`` after fine-tuning, if an ``evaluate`` was given.
@@ -166,14 +167,30 @@ def _mask_step(model: nn.Module, removed: float, options: dict) -> None:
 
 
 def _slim_step(model: nn.Module, ratio: float, example_inputs: Inputs,
-               options: dict) -> nn.Module:
+               options: dict) -> tuple[nn.Module, int, int]:
+    """Removes ``ratio`` of the channels by rank 0's plan; returns the rewrapped model, the
+    prunable channels before the step and the number removed."""
     import surgeon  # the package's public verbs; imported here as they import this module
 
     module = unwrap(model)
     plan_json = surgeon.plan(module, ratio, example_inputs, **options).to_json() if (
         is_main()) else None
     plan = surgeon.Plan.from_json(broadcast_object(plan_json))
-    return rewrap(plan.apply(module), like=model)
+    free = sum(group.units - group.frozen_units for group in plan.groups)
+    if free == 0:
+        raise ScheduleError(f"{type(module).__name__} has no prunable channels: "
+                            "surgeon.analyze(model, example_inputs) shows why")
+    return rewrap(plan.apply(module, inplace=True), like=model), free, sum(plan.removed)
+
+
+def _step_ratio(milestone: float, units: tuple[int, int] | None) -> float:
+    """The ratio of the current channels to remove so that, of the ``units[0]`` prunable
+    channels at the start (``units[1]`` left now), ``milestone`` are gone: per-group rounding
+    of earlier steps is made up here instead of adding up."""
+    if units is None:
+        return milestone
+    start, now = units
+    return max(0.0, 1 - (1 - milestone) * start / now)
 
 
 def _measure(model: nn.Module, kind: str, inputs: Inputs | None, start: tuple[int, int],
@@ -259,15 +276,16 @@ def iterative(model: nn.Module, target: float, step: float = 0.1, *, kind: str =
                   transient=False) as bar:
         task = bar.add_task(f"{kind} pruning", total=len(milestone_list),
                             status=_status(steps[0]))
-        previous = 0.0
+        units = None
         for index, removed in enumerate(milestone_list, start=1):
             if kind == "unstructured":
                 _mask_step(model, removed, options)
             else:
-                model = _slim_step(model, 1 - (1 - removed) / (1 - previous), example_inputs,
-                                   options)
+                model, free, gone = _slim_step(model, _step_ratio(removed, units),
+                                               example_inputs, options)
+                units = (units[0] if units else free, free - gone)
+                removed = 1 - units[1] / units[0]
                 optimizer = _rebuild_optimizer(optimizer, model, group_of)
-            previous = removed
             pruned_metric = evaluate(model) if evaluate else None
             _set_lr(optimizer, base_lrs, lr_scale)
             finetune(model, optimizer)

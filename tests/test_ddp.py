@@ -33,8 +33,6 @@ def torchrun(script: Path, *args: str, timeout: int = 240) -> subprocess.Complet
 
 @pytest.mark.parametrize("kind", ["unstructured", "structured"])
 def test_ddp_schedule_leaves_ranks_identical(kind, tmp_path):
-    if kind == "structured" and not hasattr(__import__("surgeon"), "plan"):
-        pytest.skip("surgeon.plan (structured core) is not available")
     torchrun(ROOT / "examples" / "ddp_finetune.py", "--kind", kind, "--target", "0.5",
              "--step", "0.3", "--epochs", "2", "--out", str(tmp_path))
     summary = json.loads((tmp_path / "summary.json").read_text())
@@ -43,7 +41,8 @@ def test_ddp_schedule_leaves_ranks_identical(kind, tmp_path):
     assert first["shapes"] == second["shapes"]
     assert first["sha256"] == second["sha256"], "ranks hold different weights"
     history = summary["history"]
-    assert [h["removed"] for h in history[1:]] == list(schedule.milestones(0.5, 0.3))
+    assert [h["removed"] for h in history[1:]] == pytest.approx(
+        schedule.milestones(0.5, 0.3), abs=0.04)
     if kind == "structured":
         assert history[-1]["macs_keep"] < 0.5
         assert first["shapes"]["0.weight"][0] < 32

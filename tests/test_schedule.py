@@ -137,3 +137,35 @@ def test_bad_arguments_raise_schedule_errors():
     with pytest.raises(schedule.ScheduleError, match="example_inputs"):
         run(kind="structured")
     assert not masks.masks_of(model)
+
+
+def test_structured_rebuilds_optimizer_over_smaller_parameters_keeping_groups():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+                          nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                          nn.Flatten(), nn.Linear(16, 3))
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(32, 1, 6, 6, generator=g)
+    data = (x, (x.mean(dim=(1, 2, 3)) > 0).long())
+    biases = [p for n, p in model.named_parameters() if n.endswith("bias")]
+    others = [p for n, p in model.named_parameters() if not n.endswith("bias")]
+    opt = torch.optim.SGD([{"params": others, "weight_decay": 1e-3},
+                           {"params": biases, "weight_decay": 0.0}], lr=0.3, momentum=0.9)
+    train(model, opt, data, steps=3)
+    recorder = Recorder(data)
+    result = schedule.iterative(model, 0.5, 0.3, kind="structured", finetune=recorder,
+                                optimizer=opt, example_inputs=x[:1], progress=False)
+    assert result.optimizer is not opt and type(result.optimizer) is torch.optim.SGD
+    for call in recorder.calls:
+        assert call["owns_model"] and call["state"] == {}
+        assert call["lrs"] == pytest.approx([0.03, 0.03])
+    groups = result.optimizer.param_groups
+    assert [g["weight_decay"] for g in groups] == [1e-3, 0.0]
+    assert {id(p) for p in groups[1]["params"]} == {
+        id(p) for n, p in result.model.named_parameters() if n.endswith("bias")}
+    assert result.model[0].out_channels < 16 and result.model[7].out_features == 3
+    history = result.history
+    keeps = [s.macs_keep for s in history.steps]
+    assert keeps == sorted(keeps, reverse=True) and keeps[-1] < 0.5
+    assert history.final.removed == pytest.approx(0.5, abs=0.07)
+    assert result.model(x).shape == (32, 3)
