@@ -1,0 +1,59 @@
+"""Importance of each removable unit: a norm over *all* of its coupled slices.
+
+A unit (one channel, or one group of a grouped conv, …) owns slices of several tensors: output
+rows of its producers, input columns of its consumers, norm affine entries. Its L2 score is the
+norm over all of them together, so a coupled group has one ranking.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Union
+
+import numpy as np
+import torch
+from torch import nn
+
+from .groups import Coupling
+
+__all__ = ["Importance", "score_units", "check_importance"]
+
+Importance = Union[str, Callable[[torch.Tensor, int], torch.Tensor]]
+_NAMED = ("l2", "l1", "random")
+
+
+def check_importance(importance: Importance) -> None:
+    """Raise ValueError for an unknown importance."""
+    if not callable(importance) and importance not in _NAMED:
+        raise ValueError(f"importance must be one of {_NAMED} or a callable(tensor, dim), got {importance!r}")
+
+
+def _slice_scores(t: torch.Tensor, dim: int, importance: Importance) -> np.ndarray:
+    """Per-index score contribution of tensor `t` along `dim` (summed over the other dims)."""
+    t = t.detach().float()
+    if callable(importance):
+        s = torch.as_tensor(importance(t, dim))
+        if s.shape != (t.shape[dim],):
+            raise ValueError(f"importance callable returned shape {tuple(s.shape)}, expected ({t.shape[dim]},)")
+        return s.double().cpu().numpy()
+    other = [d for d in range(t.dim()) if d != dim]
+    if importance == "l1":
+        return t.abs().sum(other).double().cpu().numpy() if other else t.abs().double().cpu().numpy()
+    return t.pow(2).sum(other).double().cpu().numpy() if other else t.pow(2).double().cpu().numpy()
+
+
+def score_units(model: nn.Module, coupling: Coupling, importance: Importance = "l2", *,
+                seed: int = 0) -> np.ndarray:
+    """One score per unit; higher means more important (kept first)."""
+    check_importance(importance)
+    n = coupling.n_units
+    if importance == "random":
+        return np.random.default_rng(seed).random(n)
+    params = dict(model.named_parameters())
+    score = np.zeros(n, dtype=np.float64)
+    for sp in coupling.dg.spaces:
+        t = params.get(sp.name)
+        if t is None:
+            continue
+        units = coupling.unit[sp.start : sp.start + sp.size]
+        np.add.at(score, units, _slice_scores(t, sp.dim, importance))
+    return np.sqrt(score) if importance == "l2" else score

@@ -1,0 +1,155 @@
+"""`Ctx`: what a handler sees of one fx node, and the verbs it uses to relate atoms."""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from torch import fx, nn
+
+from ..errors import HandlerError
+from ..graph import DepGraph
+from ..labels import Labels, atoms_in, iter_labels
+
+__all__ = ["Ctx", "Names"]
+
+
+class Names:
+    """Canonical name of every parameter and buffer (tied tensors share one name)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self._by_id: dict[int, str] = {}
+        for name, t in [*model.named_parameters(), *model.named_buffers()]:
+            self._by_id.setdefault(id(t), name)
+
+    def of(self, tensor: torch.Tensor) -> str | None:
+        return self._by_id.get(id(tensor))
+
+
+class Ctx:
+    """One fx node being propagated: its inputs' labels, shapes, module and the DepGraph."""
+
+    def __init__(self, node: fx.Node, dg: DepGraph, env: dict[fx.Node, Any], names: Names) -> None:
+        self.node, self.dg, self._env, self.names = node, dg, env, names
+        self.module: nn.Module | None = (
+            names.model.get_submodule(node.target) if node.op == "call_module" else None
+        )
+        target = node.target if isinstance(node.target, str) else getattr(node.target, "__name__", node.target)
+        self.where = f"node '{node.name}' ({node.op} {target})"
+
+    # inputs ---------------------------------------------------------------------------------
+    def lab(self, arg: Any) -> Any:
+        """Labels of an argument (a node, or a list/tuple of them); None for constants."""
+        if isinstance(arg, fx.Node):
+            return self._env.get(arg)
+        if isinstance(arg, (list, tuple)):
+            return tuple(self.lab(a) for a in arg)
+        return None
+
+    def arg(self, i: int, name: str | None = None, default: Any = None) -> Any:
+        """Positional argument i, or keyword `name`, or `default`."""
+        if i < len(self.node.args):
+            return self.node.args[i]
+        return self.node.kwargs.get(name, default) if name else default
+
+    @staticmethod
+    def shape(arg: Any) -> tuple[int, ...] | None:
+        """Static shape of a tensor-valued argument (from shape propagation)."""
+        meta = arg.meta.get("tensor_meta") if isinstance(arg, fx.Node) else None
+        shape = getattr(meta, "shape", None)
+        return tuple(shape) if shape is not None else None
+
+    @property
+    def out_shape(self) -> tuple[int, ...]:
+        shape = self.shape(self.node)
+        if shape is None:
+            raise HandlerError(f"{self.where}: expected a tensor output")
+        return shape
+
+    @property
+    def returns_tuple(self) -> bool:
+        """The node returns several tensors (e.g. `max(x, dim)` → values, indices)."""
+        return not hasattr(self.node.meta.get("tensor_meta"), "shape")
+
+    def tensor_args(self) -> list[tuple[Labels, tuple[int, ...]]]:
+        """(labels, shape) of every tensor among args and kwargs, in order."""
+        out = []
+        for arg in [*self.node.args, *self.node.kwargs.values()]:
+            for a in arg if isinstance(arg, (list, tuple)) else [arg]:
+                shape = self.shape(a)
+                if shape is not None and isinstance(lab := self.lab(a), Labels):
+                    out.append((lab, shape))
+        return out
+
+    # parameters -----------------------------------------------------------------------------
+    def tensor_name(self, attr: str) -> str | None:
+        """Canonical name of this module's parameter/buffer `attr` (None if absent)."""
+        t = getattr(self.module, attr, None)
+        return self.names.of(t) if isinstance(t, torch.Tensor) else None
+
+    def param(self, attr: str, dim: int, *, active: bool = False) -> np.ndarray | None:
+        """Atoms of dimension `dim` of this module's tensor `attr`; `active` creates a space."""
+        name = self.tensor_name(attr)
+        if name is None:
+            return None
+        size = getattr(self.module, attr).shape[dim]
+        if size <= 1:
+            return None
+        return self.dg.space(name, dim % getattr(self.module, attr).dim(), size, active=active)
+
+    def bind(self, attr: str, dim: int, arr: np.ndarray | None) -> None:
+        """Couple dimension `dim` of this module's tensor `attr` with the atoms in `arr`."""
+        if arr is None or (atoms := self.param(attr, dim)) is None:
+            return
+        if atoms.size != arr.size:
+            raise HandlerError(
+                f"{self.where}: {attr} has {atoms.size} entries in dim {dim}, input has {arr.size}"
+            )
+        self.dg.union(atoms, arr)
+
+    def track(self, attr: str, arr: np.ndarray | None, size: int) -> None:
+        """Record that this module's attribute `attr` counts `size` indices labelled `arr`."""
+        self.dg.track(self.node.target, attr, arr if arr is not None else np.full(size, -1))
+
+    # relations ------------------------------------------------------------------------------
+    def merge(self, arrs: list[np.ndarray | None]) -> np.ndarray | None:
+        """Couple index i of every array; an index labelled in one and not another is frozen."""
+        present = [a for a in arrs if a is not None]
+        if not present:
+            return None
+        out = present[0]
+        for a in present[1:]:
+            self.dg.union(out, a)
+            lone = (out >= 0) != (a >= 0)
+            if lone.any():
+                self.freeze(np.where(out >= 0, out, a)[lone], "combined with an unprunable index")
+            out = np.where(out >= 0, out, a)
+        if len(present) < len(arrs):
+            self.freeze(out, "combined with an unprunable tensor of the same size")
+        return out
+
+    def broadcast_merge(self, items: list[tuple[Labels, tuple[int, ...]]], out_shape: tuple[int, ...] | None = None) -> Labels:
+        """Elementwise relation with broadcasting: aligned indices of all inputs are coupled."""
+        shape = self.out_shape if out_shape is None else out_shape
+        nd = len(shape)
+        dims = []
+        for d in range(nd):
+            arrs = []
+            for lab, shp in items:
+                k = d - (nd - len(shp))
+                if k >= 0 and shp[k] != 1 and shape[d] != 1:
+                    arrs.append(lab[k])
+            dims.append(self.merge(arrs))
+        return Labels(dims)
+
+    def freeze(self, value: Any, reason: str) -> None:
+        """Pin every atom in an array or nested label value."""
+        arr = value if isinstance(value, np.ndarray) else atoms_in(
+            a for lab in iter_labels(value) for a in lab
+        )
+        self.dg.freeze(arr, f"{self.where}: {reason}")
+
+    def inexact(self, arr: np.ndarray | None, reason: str) -> None:
+        """Mark atoms whose removal is not exactly a zeroing (a statistic runs over them)."""
+        self.dg.mark_inexact(arr, f"{self.where}: {reason}")

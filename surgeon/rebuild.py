@@ -1,0 +1,127 @@
+"""Apply a Plan: new, smaller parameters and buffers, then each module's size attributes.
+
+Every cut tensor is replaced by an `index_select` of its kept indices (a new `nn.Parameter` that
+keeps `requires_grad` and a sliced `.grad`); tied tensors are replaced in every owner. Then the
+resizer registered for each touched module type fixes the attributes its `forward` reads
+(`out_channels`, `groups`, `num_features`, `normalized_shape`, …). The same routine builds the
+verification reference, in which exact removals are zeroed instead of removed.
+"""
+from __future__ import annotations
+
+import copy
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .errors import PlanError
+from .ops import lookup_resizer
+from .plan import Cut, Plan
+
+__all__ = ["apply_plan", "rebuild", "Undo"]
+
+
+@dataclass
+class Undo:
+    """What a rebuild replaced, to put the model back exactly if a later check fails."""
+
+    tensors: list[tuple[dict, str, torch.Tensor]]
+    attrs: list[tuple[nn.Module, dict]]
+
+    def __call__(self) -> None:
+        for store, key, old in reversed(self.tensors):
+            store[key] = old
+        for module, before in reversed(self.attrs):
+            module.__dict__.update(before)
+
+
+def _owners(model: nn.Module) -> dict[int, list[tuple[str, dict, str]]]:
+    """For every tensor: (module name, dict holding it, key) of each place it is stored."""
+    owners: dict[int, list[tuple[str, dict, str]]] = defaultdict(list)
+    for mname, m in model.named_modules(remove_duplicate=False):
+        for store in (m._parameters, m._buffers):
+            for key, t in store.items():
+                if t is not None:
+                    owners[id(t)].append((mname, store, key))
+    return owners
+
+
+def _lookup(model: nn.Module, name: str) -> torch.Tensor:
+    mod, _, attr = name.rpartition(".")
+    try:
+        owner = model.get_submodule(mod) if mod else model
+    except AttributeError as e:
+        raise PlanError(f"plan names tensor '{name}', which {type(model).__name__} does not have") from e
+    t = owner._parameters.get(attr, owner._buffers.get(attr))
+    if t is None:
+        raise PlanError(f"plan names tensor '{name}', which {type(model).__name__} does not have")
+    return t
+
+
+def _sliced(old: torch.Tensor, cuts: list[Cut], drop: Callable[[Cut], tuple[int, ...]],
+            zero: Callable[[Cut], tuple[int, ...]]) -> torch.Tensor:
+    with torch.no_grad():
+        new = old.detach()
+        grad = old.grad
+        for cut in cuts:
+            if tuple(old.shape)[cut.dim] != cut.size:
+                raise PlanError(f"{cut}: tensor has size {old.shape[cut.dim]} in dim {cut.dim}")
+            gone = set(drop(cut))
+            zeros = [i for i in zero(cut) if i not in gone]
+            keep = [i for i in range(cut.size) if i not in gone]
+            if zeros and isinstance(old, nn.Parameter):
+                new = new.clone()
+                new.index_fill_(cut.dim, torch.tensor(zeros, device=new.device), 0)
+            idx = torch.tensor(keep, dtype=torch.long, device=new.device)
+            new = new.index_select(cut.dim, idx)
+            grad = grad.index_select(cut.dim, idx) if grad is not None else None
+    if isinstance(old, nn.Parameter):
+        new = nn.Parameter(new.contiguous(), requires_grad=old.requires_grad)
+        new.grad = grad
+    return new
+
+
+def rebuild(model: nn.Module, plan: Plan, *, reference: bool = False, undo: Undo | None = None) -> Undo:
+    """Apply `plan` to `model` in place; with `reference`, zero exact removals instead.
+
+    Records every replacement in `undo` (a new one if None) and returns it.
+    """
+    drop = (lambda c: c.inexact) if reference else (lambda c: c.remove)
+    zero = (lambda c: c.remove) if reference else (lambda c: ())
+    by_tensor: dict[str, list[Cut]] = defaultdict(list)
+    for cut in plan.cuts:
+        by_tensor[cut.tensor].append(cut)
+    owners = _owners(model)
+    undo = Undo([], []) if undo is None else undo
+    touched: dict[str, dict] = {}
+    for name, cuts in by_tensor.items():
+        old = _lookup(model, name)
+        new = _sliced(old, cuts, drop, zero)
+        for mname, store, key in owners[id(old)]:
+            undo.tensors.append((store, key, old))
+            store[key] = new
+            touched.setdefault(mname, {})
+    for change in plan.sizes:
+        n = change.inexact if reference else change.remove
+        touched.setdefault(change.module, {})[change.attr] = change.size - n
+    for mname, sizes in touched.items():
+        module = model.get_submodule(mname)
+        fix = lookup_resizer(module)
+        if fix is not None:
+            undo.attrs.append((module, {k: copy.copy(v) for k, v in vars(module).items() if not k.startswith("_")}))
+            fix(module, sizes)
+    return undo
+
+
+def apply_plan(model: nn.Module, plan: Plan, *, inplace: bool = False) -> nn.Module:
+    """Return `model` (or a deep copy) rebuilt by `plan`; the input is untouched on error."""
+    target = model if inplace else copy.deepcopy(model)
+    undo = Undo([], [])
+    try:
+        rebuild(target, plan, undo=undo)
+    except Exception:
+        undo()
+        raise
+    return target

@@ -1,0 +1,31 @@
+"""Human-readable tables: what can be pruned, what is frozen and why; model size before → after."""
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table
+from torch import nn
+
+from .plan import Plan
+
+__all__ = ["print_analysis", "count_params"]
+
+
+def count_params(model: nn.Module) -> int:
+    """Number of parameters (tied ones once)."""
+    return sum(p.numel() for p in model.parameters())
+
+
+def print_analysis(model: nn.Module, plan: Plan, *, console: Console | None = None) -> None:
+    """One row per coupled group: units, frozen units, exactness, first reason."""
+    console = console or Console()
+    table = Table(title=f"{type(model).__name__}: {len(plan.groups)} coupled groups (ratio {plan.ratio})")
+    for col in ("group", "first space", "spaces", "units", "frozen", "removed", "exact", "why"):
+        table.add_column(col, overflow="fold")
+    for g, r in zip(plan.groups, plan.removed):
+        why = (g.frozen_why or g.inexact_why or ("",))[0]
+        table.add_row(str(g.id), g.spaces[0] if g.spaces else "", str(len(g.spaces)), str(g.units),
+                      str(g.frozen_units), str(r), "yes" if g.exact else "no", why)
+    console.print(table)
+    prunable = sum(1 for g in plan.groups if g.prunable > 0)
+    console.print(f"{prunable} of {len(plan.groups)} groups prunable; "
+                  f"{sum(1 for g in plan.groups if not g.exact)} inexact (statistics over channels)")

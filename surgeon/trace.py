@@ -1,0 +1,135 @@
+"""Frontend: trace a model with torch.fx and record every node's shape.
+
+The model is traced in both train and eval mode when their graphs differ (Inception's auxiliary
+head only exists in train mode), shapes come from running the example inputs through each graph
+in eval mode under `no_grad`, and the caller's train/eval flags are restored afterwards.
+"""
+from __future__ import annotations
+
+import traceback
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from torch import fx, nn
+from torch.fx.passes.shape_prop import ShapeProp
+
+from .errors import TraceError
+
+__all__ = ["as_inputs", "infer_inputs", "trace", "modes_kept"]
+
+_HOW_TO = (
+    "To make it traceable: pass `leaf_modules=(TheModuleClass,)` so surgeon treats that module "
+    "as one opaque call (its channels are then not pruned), or move the data-dependent Python "
+    "control flow out of `forward` (see torch.fx's 'Limitations of Symbolic Tracing')."
+)
+
+
+class _Tracer(fx.Tracer):
+    """fx tracer that also treats `leaf_modules` as leaves and remembers where it failed."""
+
+    def __init__(self, leaf_modules: Sequence[type | str] = ()) -> None:
+        super().__init__()
+        self.leaves = tuple(leaf_modules)
+        self.current = ""
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        """Standard torch.nn layers, plus the user's `leaf_modules` (by class or name)."""
+        if any(qualname == x if isinstance(x, str) else isinstance(m, x) for x in self.leaves):
+            return True
+        return super().is_leaf_module(m, qualname)
+
+    def call_module(self, m: nn.Module, forward: Any, args: Any, kwargs: Any) -> Any:
+        """Record the module being traced, so a failure can name it."""
+        outer, self.current = self.current, self.path_of_module(m)
+        try:
+            return super().call_module(m, forward, args, kwargs)
+        finally:
+            self.current = outer
+
+
+@contextmanager
+def modes_kept(model: nn.Module) -> Iterator[None]:
+    """Restore every submodule's train/eval flag on exit."""
+    flags = [(m, m.training) for m in model.modules()]
+    try:
+        yield
+    finally:
+        for m, flag in flags:
+            m.training = flag
+
+
+def as_inputs(example_inputs: Any) -> tuple[torch.Tensor, ...]:
+    """Normalise example inputs to a tuple of positional arguments."""
+    if isinstance(example_inputs, torch.Tensor):
+        return (example_inputs,)
+    if isinstance(example_inputs, (tuple, list)) and example_inputs:
+        return tuple(example_inputs)
+    raise TypeError(
+        f"example_inputs must be a tensor or a non-empty tuple of tensors, got {type(example_inputs).__name__}"
+    )
+
+
+def infer_inputs(model: nn.Module, *, size: int = 224) -> tuple[torch.Tensor, ...]:
+    """A 1×C×size×size image batch for models whose first layer is a Conv2d."""
+    first = next((m for m in model.modules() if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear, nn.Embedding))), None)
+    if not isinstance(first, nn.Conv2d):
+        kind = type(first).__name__ if first is not None else "no conv/linear layer"
+        raise TraceError(
+            f"cannot infer example inputs for {type(model).__name__} (first layer: {kind}); "
+            "pass example_inputs=..., e.g. surgeon.slim(model, 0.5, torch.randn(1, 16))"
+        )
+    p = next(model.parameters())
+    return (torch.randn(1, first.in_channels, size, size, dtype=p.dtype, device=p.device),)
+
+
+def _where(exc: BaseException) -> str:
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if "/torch/" not in f.filename]
+    return f" at {frames[-1].filename}:{frames[-1].lineno} `{frames[-1].line}`" if frames else ""
+
+
+def _trace_once(model: nn.Module, leaf_modules: Sequence[type | str]) -> fx.GraphModule:
+    tracer = _Tracer(leaf_modules)
+    try:
+        graph = tracer.trace(model)
+    except Exception as e:
+        where = f" inside module '{tracer.current}'" if tracer.current else ""
+        raise TraceError(
+            f"torch.fx could not trace {type(model).__name__}{where}{_where(e)}: {e}. {_HOW_TO}"
+        ) from e
+    return fx.GraphModule(tracer.root, graph, type(model).__name__)
+
+
+def _same(a: fx.GraphModule, b: fx.GraphModule) -> bool:
+    key = lambda g: [(n.op, str(n.target)) for n in g.graph.nodes]  # noqa: E731
+    return key(a) == key(b)
+
+
+def trace(model: nn.Module, inputs: tuple[torch.Tensor, ...], *,
+          leaf_modules: Sequence[type | str] = ()) -> list[fx.GraphModule]:
+    """Graphs of `model` (train and eval mode, when they differ) with `tensor_meta` on nodes."""
+    with modes_kept(model):
+        graphs = []
+        for training in (model.training, not model.training):
+            model.train(training)
+            gm = _trace_once(model, leaf_modules)
+            if not graphs or not _same(graphs[0], gm):
+                graphs.append(gm)
+        model.eval()
+        for gm in graphs:
+            _propagate_shapes(gm, inputs)
+    return graphs
+
+
+def _propagate_shapes(gm: fx.GraphModule, inputs: tuple[torch.Tensor, ...]) -> None:
+    prop = ShapeProp(gm)
+    try:
+        with torch.no_grad():
+            prop.propagate(*inputs)
+    except Exception as e:
+        shapes = ", ".join(str(tuple(t.shape)) for t in inputs if isinstance(t, torch.Tensor))
+        raise TraceError(
+            f"running {gm.__class__.__name__} on example inputs of shape {shapes} failed: {e}. "
+            "Pass example_inputs that the model's forward accepts."
+        ) from e

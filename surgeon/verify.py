@@ -1,0 +1,105 @@
+"""Mask-equivalence: the slim model computes what the original computes with the removed indices
+zeroed in every coupled slice (producer rows and biases, norm affine entries, consumer columns).
+
+Groups whose removal is not exact (LayerNorm / softmax / mean over the removed channels) cannot be
+compared by zeroing; the reference model *removes* those and zeroes the exact ones, so the check
+still runs on the real slim model and covers every exact group. The report says which groups were
+checked and which were not, and why.
+"""
+from __future__ import annotations
+
+import copy
+import weakref
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils._pytree import tree_leaves
+
+from .errors import PlanError, VerificationError
+from .plan import Plan
+from .rebuild import rebuild
+from .trace import as_inputs, infer_inputs, modes_kept
+
+__all__ = ["Report", "verify", "remember"]
+
+_PLANS: weakref.WeakKeyDictionary[nn.Module, tuple[Plan, tuple[torch.Tensor, ...]]] = weakref.WeakKeyDictionary()
+
+
+def remember(slim: nn.Module, plan: Plan, inputs: tuple[torch.Tensor, ...]) -> None:
+    """Record how `slim` was made, so `verify(original, slim)` needs no plan argument."""
+    _PLANS[slim] = (plan, inputs)
+
+
+@dataclass(frozen=True)
+class Report:
+    """Outcome of a mask-equivalence check."""
+
+    ok: bool
+    max_rel_error: float
+    tolerance: float
+    checked: tuple[int, ...]
+    unchecked: tuple[tuple[int, str], ...]
+    shapes_equal: bool
+
+    def __repr__(self) -> str:
+        verdict = "OK" if self.ok else "FAILED"
+        return (f"Report({verdict}: max rel. error {self.max_rel_error:.2e} (tol {self.tolerance:g}), "
+                f"{len(self.checked)} pruned groups checked, {len(self.unchecked)} inexact not checked)")
+
+
+def _outputs(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> list[torch.Tensor]:
+    with modes_kept(model), torch.no_grad():
+        model.eval()
+        return [t for t in tree_leaves(model(*inputs)) if isinstance(t, torch.Tensor)]
+
+
+def _rel_error(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.double(), b.double()
+    return float((a - b).norm() / b.norm().clamp_min(1e-12))
+
+
+def verify(original: nn.Module, slim: nn.Module, example_inputs: Any = None, *,
+           plan: Plan | None = None, tolerance: float = 1e-4, strict: bool = False) -> Report:
+    """Check that `slim` equals `original` with the removed indices zeroed (float tolerance).
+
+    Args:
+        original: the unpruned model.
+        slim: the model returned by `surgeon.slim` (or `plan.apply`).
+        example_inputs: inputs to compare on; defaults to those used for slimming.
+        plan: the plan that made `slim`; defaults to the one recorded by `surgeon.slim`.
+        tolerance: largest accepted relative error ‖slim − reference‖ / ‖reference‖.
+        strict: raise `VerificationError` instead of returning a failing report.
+
+    Example:
+        >>> slim = surgeon.slim(model, 0.5)
+        >>> surgeon.verify(model, slim).ok
+        True
+    """
+    recorded = _PLANS.get(slim)
+    if plan is None:
+        if recorded is None:
+            raise PlanError("no plan is recorded for this slim model: pass plan=surgeon.plan(...)")
+        plan = recorded[0]
+    if example_inputs is None:
+        inputs = recorded[1] if recorded is not None else infer_inputs(original)
+    else:
+        inputs = as_inputs(example_inputs)
+    reference = copy.deepcopy(original)
+    rebuild(reference, plan, reference=True)
+    expected, got = _outputs(reference, inputs), _outputs(slim, inputs)
+    shapes_equal = [t.shape for t in expected] == [t.shape for t in got]
+    err = max((_rel_error(a, b) for a, b in zip(got, expected)), default=0.0) if shapes_equal else float("inf")
+    pruned = [(g, r) for g, r in zip(plan.groups, plan.removed) if r]
+    report = Report(
+        ok=shapes_equal and err <= tolerance,
+        max_rel_error=err,
+        tolerance=tolerance,
+        checked=tuple(g.id for g, _ in pruned if g.exact),
+        unchecked=tuple((g.id, g.inexact_why[0]) for g, _ in pruned if not g.exact),
+        shapes_equal=shapes_equal,
+    )
+    if strict and not report.ok:
+        raise VerificationError(repr(report))
+    return report
