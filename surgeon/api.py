@@ -1,7 +1,6 @@
 """The structural verbs: `plan`, `slim`, `analyze`."""
 from __future__ import annotations
 
-import copy
 from collections.abc import Sequence
 from typing import Any
 
@@ -13,7 +12,7 @@ from .errors import SurgeonError
 from .groups import Coupling, couple
 from .importance import Importance, check_importance, score_units
 from .plan import Plan, make_plan, select
-from .rebuild import Undo, rebuild
+from .rebuild import Undo, clone, rebuild
 from .trace import as_inputs, infer_inputs, modes_kept, trace
 from .verify import remember
 
@@ -65,7 +64,7 @@ def _plan(model: nn.Module, ratio: float, inputs: tuple[torch.Tensor, ...], igno
     out = next(n for n in reversed(graphs[0].graph.nodes) if n.op == "output")
     shapes = [tuple(n.meta["tensor_meta"].shape) for n in tree_leaves(out.args[0])
               if isinstance(n, fx.Node) and hasattr(n.meta.get("tensor_meta"), "shape")]
-    return make_plan(coupling, removed, ratio), shapes
+    return make_plan(coupling, removed, ratio, model=model), shapes
 
 
 def _output_shapes(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> list[tuple[int, ...]]:
@@ -98,7 +97,7 @@ def slim(model: nn.Module, ratio: float, example_inputs: Any = None, *, ignore: 
     """
     inputs = _inputs(model, example_inputs)
     p, expected = _plan(model, ratio, inputs, ignore, importance, round_to, leaf_modules)
-    target = model if inplace else copy.deepcopy(model)
+    target = model if inplace else clone(model)
     undo = Undo([], [])
     try:
         rebuild(target, p, undo=undo)

@@ -8,6 +8,7 @@ change, so it can be applied to the model later (`Plan.apply`) or sent to other 
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from dataclasses import asdict, dataclass, field
@@ -18,7 +19,7 @@ from torch import nn
 from .errors import PlanError
 from .groups import Coupling, Group
 
-__all__ = ["Cut", "SizeChange", "Plan", "select", "make_plan"]
+__all__ = ["Cut", "SizeChange", "Plan", "select", "make_plan", "signature"]
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,7 @@ class Plan:
     sizes: tuple[SizeChange, ...]
     groups: tuple[Group, ...]
     removed: tuple[int, ...] = field(default=())
+    signature: str = ""
 
     def __repr__(self) -> str:
         pruned = sum(1 for r in self.removed if r)
@@ -75,6 +77,11 @@ class Plan:
         """
         from .rebuild import apply_plan
 
+        if self.signature and signature(model) != self.signature:
+            raise PlanError(
+                f"this plan was made for another model (tensor names or shapes differ from "
+                f"{type(model).__name__}'s); make a new one with surgeon.plan(model, ...)"
+            )
         return apply_plan(model, self, inplace=inplace)
 
     def to_json(self) -> str:
@@ -92,9 +99,16 @@ class Plan:
                 sizes=tuple(SizeChange(**s) for s in d["sizes"]),
                 groups=tuple(Group(**{k: tuple(v) if isinstance(v, list) else v for k, v in g.items()}) for g in d["groups"]),
                 removed=tuple(d["removed"]),
+                signature=d.get("signature", ""),
             )
         except (KeyError, TypeError) as e:
             raise PlanError(f"not a surgeon plan: {e}") from e
+
+
+def signature(model: nn.Module) -> str:
+    """Fingerprint of a model's tensor names and shapes (a plan fits only its own model)."""
+    items = [f"{n}:{tuple(t.shape)}" for n, t in [*model.named_parameters(), *model.named_buffers()]]
+    return hashlib.sha1("\n".join(items).encode()).hexdigest()
 
 
 def select(coupling: Coupling, scores: np.ndarray, ratio: float, *, round_to: int = 1) -> np.ndarray:
@@ -123,7 +137,7 @@ def _keep_one_per_space(coupling: Coupling, scores: np.ndarray, removed: np.ndar
             removed[units[np.argmax(scores[units])]] = False
 
 
-def make_plan(coupling: Coupling, removed: np.ndarray, ratio: float) -> Plan:
+def make_plan(coupling: Coupling, removed: np.ndarray, ratio: float, *, model: nn.Module) -> Plan:
     """Turn removed units into per-tensor cuts and size changes."""
     inexact_group = np.array([not g.exact for g in coupling.groups] + [False])
     gid = np.full(int(coupling.group_of.max(initial=0)) + 1, len(coupling.groups))
@@ -148,4 +162,4 @@ def make_plan(coupling: Coupling, removed: np.ndarray, ratio: float) -> Plan:
             sizes.append(SizeChange(module, attr, labels.size, int(gone.sum()), int((gone & bad).sum())))
     per_group = [int(removed[u].sum()) for u in coupling.members]
     return Plan(ratio=ratio, cuts=tuple(cuts), sizes=tuple(sizes), groups=tuple(coupling.groups),
-                removed=tuple(per_group))
+                removed=tuple(per_group), signature=signature(model))

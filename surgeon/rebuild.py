@@ -20,7 +20,7 @@ from .errors import PlanError
 from .ops import lookup_resizer
 from .plan import Cut, Plan
 
-__all__ = ["apply_plan", "rebuild", "Undo"]
+__all__ = ["apply_plan", "rebuild", "Undo", "clone"]
 
 
 @dataclass
@@ -115,9 +115,18 @@ def rebuild(model: nn.Module, plan: Plan, *, reference: bool = False, undo: Undo
     return undo
 
 
+def clone(model: nn.Module) -> nn.Module:
+    """Deep copy that also copies `.grad` (which `copy.deepcopy` of a Parameter drops)."""
+    twin = copy.deepcopy(model)
+    for p, q in zip(model.parameters(), twin.parameters()):
+        if p.grad is not None:
+            q.grad = p.grad.detach().clone()
+    return twin
+
+
 def apply_plan(model: nn.Module, plan: Plan, *, inplace: bool = False) -> nn.Module:
     """Return `model` (or a deep copy) rebuilt by `plan`; the input is untouched on error."""
-    target = model if inplace else copy.deepcopy(model)
+    target = model if inplace else clone(model)
     undo = Undo([], [])
     try:
         rebuild(target, plan, undo=undo)

@@ -16,16 +16,20 @@ def count_params(model: nn.Module) -> int:
 
 
 def print_analysis(model: nn.Module, plan: Plan, *, console: Console | None = None) -> None:
-    """One row per coupled group: units, frozen units, exactness, first reason."""
+    """One row per coupled group (units, frozen, removed, exact), then why groups are held back."""
     console = console or Console()
     table = Table(title=f"{type(model).__name__}: {len(plan.groups)} coupled groups (ratio {plan.ratio})")
-    for col in ("group", "first space", "spaces", "units", "frozen", "removed", "exact", "why"):
-        table.add_column(col, overflow="fold")
+    for col in ("group", "first space", "spaces", "units", "frozen", "removed", "exact"):
+        table.add_column(col, no_wrap=col == "first space")
     for g, r in zip(plan.groups, plan.removed):
-        why = (g.frozen_why or g.inexact_why or ("",))[0]
         table.add_row(str(g.id), g.spaces[0] if g.spaces else "", str(len(g.spaces)), str(g.units),
-                      str(g.frozen_units), str(r), "yes" if g.exact else "no", why)
+                      str(g.frozen_units), str(r), "yes" if g.exact else "no")
     console.print(table)
+    for g in plan.groups:
+        for why in g.frozen_why[:2]:
+            console.print(f"group {g.id}: {g.frozen_units} of {g.units} units frozen — {why}", soft_wrap=True)
+        for why in g.inexact_why[:1]:
+            console.print(f"group {g.id}: inexact — {why}", soft_wrap=True)
     prunable = sum(1 for g in plan.groups if g.prunable > 0)
     console.print(f"{prunable} of {len(plan.groups)} groups prunable; "
                   f"{sum(1 for g in plan.groups if not g.exact)} inexact (statistics over channels)")

@@ -32,7 +32,7 @@ class _Tracer(fx.Tracer):
     def __init__(self, leaf_modules: Sequence[type | str] = ()) -> None:
         super().__init__()
         self.leaves = tuple(leaf_modules)
-        self.current = ""
+        self.failed_in = ""
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
         """Standard torch.nn layers, plus the user's `leaf_modules` (by class or name)."""
@@ -41,12 +41,12 @@ class _Tracer(fx.Tracer):
         return super().is_leaf_module(m, qualname)
 
     def call_module(self, m: nn.Module, forward: Any, args: Any, kwargs: Any) -> Any:
-        """Record the module being traced, so a failure can name it."""
-        outer, self.current = self.current, self.path_of_module(m)
+        """Trace a submodule; on failure remember the innermost module that failed."""
         try:
             return super().call_module(m, forward, args, kwargs)
-        finally:
-            self.current = outer
+        except Exception:
+            self.failed_in = self.failed_in or self.path_of_module(m)
+            raise
 
 
 @contextmanager
@@ -94,7 +94,7 @@ def _trace_once(model: nn.Module, leaf_modules: Sequence[type | str]) -> fx.Grap
     try:
         graph = tracer.trace(model)
     except Exception as e:
-        where = f" inside module '{tracer.current}'" if tracer.current else ""
+        where = f" inside module '{tracer.failed_in}'" if tracer.failed_in else ""
         raise TraceError(
             f"torch.fx could not trace {type(model).__name__}{where}{_where(e)}: {e}. {_HOW_TO}"
         ) from e
@@ -108,10 +108,10 @@ def _same(a: fx.GraphModule, b: fx.GraphModule) -> bool:
 
 def trace(model: nn.Module, inputs: tuple[torch.Tensor, ...], *,
           leaf_modules: Sequence[type | str] = ()) -> list[fx.GraphModule]:
-    """Graphs of `model` (train and eval mode, when they differ) with `tensor_meta` on nodes."""
+    """Graphs of `model` (eval mode first, then train mode when it differs) with `tensor_meta`."""
     with modes_kept(model):
         graphs = []
-        for training in (model.training, not model.training):
+        for training in (False, True):
             model.train(training)
             gm = _trace_once(model, leaf_modules)
             if not graphs or not _same(graphs[0], gm):

@@ -1,0 +1,180 @@
+"""Public verbs: options, plans, bad input, and the input model left untouched."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+import surgeon
+from util import n_params, roundtrip, same_state, state
+
+
+def small_resnet() -> nn.Module:
+    return torchvision.models.resnet18(num_classes=10)
+
+
+X = torch.randn(2, 3, 32, 32)
+
+
+@pytest.mark.parametrize("ratio", [-0.1, 1.0, 1.5, "0.5", True, None, math.nan])
+def test_bad_ratio_names_the_value(ratio):
+    model = small_resnet()
+    with pytest.raises(ValueError, match="ratio"):
+        surgeon.slim(model, ratio, X)
+
+
+def test_bad_options():
+    model = small_resnet()
+    with pytest.raises(ValueError, match="round_to"):
+        surgeon.slim(model, 0.5, X, round_to=0)
+    with pytest.raises(ValueError, match="importance"):
+        surgeon.slim(model, 0.5, X, importance="l7")
+    with pytest.raises(TypeError, match="example_inputs"):
+        surgeon.slim(model, 0.5, "image")
+
+
+class Branchy(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3)
+
+    def forward(self, x):
+        if x.sum() > 0:
+            return self.conv(x)
+        return -self.conv(x)
+
+
+class Outer(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 3, 1)
+        self.block = Branchy()
+        self.head = nn.Conv2d(8, 2, 1)
+
+    def forward(self, x):
+        return self.head(self.block(self.stem(x)))
+
+
+def test_untraceable_model_names_module_and_line_and_is_untouched():
+    model = Outer()
+    before = state(model)
+    with pytest.raises(surgeon.TraceError) as err:
+        surgeon.slim(model, 0.5, torch.randn(1, 3, 8, 8))
+    msg = str(err.value)
+    assert "'block'" in msg and "x.sum() > 0" in msg and "leaf_modules" in msg
+    assert same_state(model, before)
+
+
+def test_leaf_modules_make_it_traceable():
+    model = Outer()
+    slim = surgeon.slim(model, 0.5, torch.randn(1, 3, 8, 8), leaf_modules=(Branchy,))
+    assert slim.block.conv.out_channels == 8  # an opaque leaf keeps its channels
+    assert surgeon.verify(model, slim).ok
+
+
+def test_missing_inputs_for_non_vision_model():
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+    with pytest.raises(surgeon.TraceError, match="example_inputs"):
+        surgeon.slim(model, 0.5)
+
+
+def test_inputs_inferred_for_vision_model():
+    model = torchvision.models.squeezenet1_1(num_classes=7)
+    slim = surgeon.slim(model, 0.5)
+    assert slim(torch.randn(1, 3, 224, 224)).shape == (1, 7)
+
+
+def test_wrong_inputs_error_and_model_unchanged():
+    model = small_resnet()
+    before = state(model)
+    with pytest.raises(surgeon.TraceError, match="example inputs"):
+        surgeon.slim(model, 0.5, torch.randn(1, 5, 32, 32))
+    assert same_state(model, before)
+
+
+def test_train_mode_and_grad_state_kept():
+    model = small_resnet().train()
+    model.layer1[0].conv1.weight.requires_grad_(False)
+    model(X).sum().backward()
+    slim = surgeon.slim(model, 0.5, X)
+    assert model.training and slim.training and model.layer1[0].training
+    assert not slim.layer1[0].conv1.weight.requires_grad
+    w = slim.layer2[0].conv1.weight
+    assert w.grad is not None and w.grad.shape == w.shape
+
+
+def test_inplace_changes_the_given_object():
+    model = small_resnet()
+    slim = surgeon.slim(model, 0.5, X, inplace=True)
+    assert slim is model and model.layer1[0].conv1.out_channels == 32
+
+
+def test_plan_json_roundtrip_and_apply_matches_slim():
+    model = small_resnet()
+    plan = surgeon.plan(model, 0.5, X)
+    again = surgeon.Plan.from_json(plan.to_json())
+    assert again == plan
+    a, b = again.apply(model), surgeon.slim(model, 0.5, X)
+    assert a.state_dict().keys() == b.state_dict().keys()
+    assert all(torch.equal(v, b.state_dict()[k]) for k, v in a.state_dict().items())
+
+
+def test_plan_from_other_model_is_refused():
+    plan = surgeon.plan(small_resnet(), 0.5, X)
+    with pytest.raises(surgeon.PlanError):
+        plan.apply(torchvision.models.resnet34(num_classes=10))
+
+
+def test_verify_detects_a_wrong_model():
+    model = small_resnet()
+    slim = surgeon.slim(model, 0.5, X)
+    with torch.no_grad():
+        slim.layer3[0].conv1.weight[0] += 1.0
+    report = surgeon.verify(model, slim)
+    assert not report.ok and report.max_rel_error > 1e-3
+    with pytest.raises(surgeon.VerificationError):
+        surgeon.verify(model, slim, strict=True)
+
+
+@pytest.mark.parametrize("importance", ["l1", "random", lambda t, d: t.abs().movedim(d, 0).reshape(t.shape[d], -1).amax(1)])
+def test_importance_choices(importance):
+    slim, _ = roundtrip(small_resnet(), X, importance=importance)
+    assert slim.layer1[0].conv1.out_channels == 32
+
+
+def test_l2_removes_the_weakest_channels():
+    model = nn.Sequential(nn.Conv2d(3, 8, 1), nn.ReLU(), nn.Conv2d(8, 2, 1))
+    with torch.no_grad():
+        model[0].weight.mul_(torch.arange(1, 9).view(8, 1, 1, 1))
+    plan = surgeon.plan(model, 0.5, torch.randn(1, 3, 4, 4))
+    cut = next(c for c in plan.cuts if c.tensor == "0.weight")
+    assert cut.remove == (0, 1, 2, 3)
+
+
+def test_round_to():
+    slim = surgeon.slim(small_resnet(), 0.3, X, round_to=8)
+    widths = [m.out_channels for m in slim.modules() if isinstance(m, nn.Conv2d)]
+    assert all(w % 8 == 0 for w in widths)
+
+
+def test_ignore_keeps_a_layer():
+    model = small_resnet()
+    slim = surgeon.slim(model, 0.5, X, ignore=[model.layer1[0].conv1, "layer2.0.conv1"])
+    assert slim.layer1[0].conv1.out_channels == 64 and slim.layer2[0].conv1.out_channels == 128
+    assert slim.layer3[0].conv1.out_channels == 128
+
+
+def test_ratio_zero_changes_nothing():
+    model = small_resnet()
+    slim = surgeon.slim(model, 0.0, X)
+    assert n_params(slim) == n_params(model)
+
+
+def test_analyze_prints_frozen_reason(capsys):
+    plan = surgeon.analyze(torchvision.models.squeezenet1_0(num_classes=10), torch.randn(1, 3, 64, 64))
+    out = capsys.readouterr().out
+    assert "reaches the model output" in out and "prunable" in out
+    assert any(g.frozen_units == g.units for g in plan.groups)

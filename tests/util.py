@@ -1,0 +1,40 @@
+"""Round-trip helper shared by the handler and zoo tests."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+import surgeon
+
+
+def n_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def state(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def same_state(model: nn.Module, saved: dict[str, torch.Tensor]) -> bool:
+    now = model.state_dict()
+    return now.keys() == saved.keys() and all(
+        now[k].shape == v.shape and torch.equal(now[k], v) for k, v in saved.items()
+    )
+
+
+def roundtrip(model: nn.Module, x, ratio: float = 0.5, **kw) -> tuple[nn.Module, surgeon.Report]:
+    """Slim, then check class, output shape, untouched original and mask-equivalence."""
+    model.eval()
+    before = state(model)
+    inputs = x if isinstance(x, tuple) else (x,)
+    with torch.no_grad():
+        out = model(*inputs)
+    slim = surgeon.slim(model, ratio, x, **kw)
+    assert type(slim) is type(model)
+    assert same_state(model, before), "slim modified the input model"
+    with torch.no_grad():
+        got = slim(*inputs)
+    assert got.shape == out.shape
+    report = surgeon.verify(model, slim)
+    assert report.ok, report
+    return slim, report
