@@ -40,11 +40,13 @@ class Ctx:
 
     # inputs ---------------------------------------------------------------------------------
     def lab(self, arg: Any) -> Any:
-        """Labels of an argument (a node, or a list/tuple of them); None for constants."""
+        """Labels of an argument (a node, or a list/tuple/dict of them); None for constants."""
         if isinstance(arg, fx.Node):
             return self._env.get(arg)
         if isinstance(arg, (list, tuple)):
             return tuple(self.lab(a) for a in arg)
+        if isinstance(arg, dict):
+            return {k: self.lab(v) for k, v in arg.items()}
         return None
 
     def arg(self, i: int, name: str | None = None, default: Any = None) -> Any:

@@ -1,0 +1,84 @@
+"""The torchvision zoo: every CNN slims at ratio 0.5 with the one generic call.
+
+Random-init torchvision weights are often so small that the output hardly depends on most
+channels, which would make mask-equivalence trivially true. So each model is first *livened*
+(Kaiming-normal convs/linears, random BatchNorm affine and statistics), and every test also
+asserts that the slim model differs from the unpruned original: the removed channels mattered,
+so the equivalence check had something to catch.
+"""
+from __future__ import annotations
+
+import gc
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+import surgeon
+from util import n_params
+from zoo import CNNS, SEGMENTATION, SLOW, input_size
+
+
+def liven(model: nn.Module) -> nn.Module:
+    """Weights at a scale where every channel visibly affects the output."""
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                fan_in = m.weight[0].numel()
+                m.weight.copy_(torch.randn(m.weight.shape, generator=g) * (2.0 / fan_in) ** 0.5)
+                if m.bias is not None:
+                    m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.1)
+            elif isinstance(m, nn.BatchNorm2d):
+                m.weight.copy_(torch.rand(m.weight.shape, generator=g) + 0.5)
+                m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.1)
+                m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=g) * 0.1)
+                m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
+    return model.eval()
+
+
+def outputs(model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
+    with torch.no_grad():
+        out = model(x)
+    return list(out.values()) if isinstance(out, dict) else [out]
+
+
+def check(model: nn.Module, x: torch.Tensor, *, max_keep: float = 0.6) -> None:
+    before = outputs(model, x)
+    slim = surgeon.slim(model, 0.5, x)
+    after = outputs(slim, x)
+    assert type(slim) is type(model)
+    assert [t.shape for t in after] == [t.shape for t in before]
+    keep = n_params(slim) / n_params(model)
+    assert keep <= max_keep, f"kept {keep:.2f} of the parameters"
+    report = surgeon.verify(model, slim, x)
+    assert report.ok, report
+    assert report.checked or report.unchecked
+    change = max(float((a - b).norm() / b.norm()) for a, b in zip(after, before))
+    assert change > 1e-3, f"pruning changed the output by only {change:.1e}: the check proves nothing"
+
+
+def params(names, slow):
+    return [pytest.param(n, marks=pytest.mark.slow) if n in slow else n for n in names]
+
+
+@pytest.mark.parametrize("name", params(CNNS, SLOW))
+def test_classification(name):
+    size = input_size(name)
+    model = liven(getattr(torchvision.models, name)(weights=None))
+    check(model, torch.randn(1, 3, size, size))
+    del model
+    gc.collect()
+
+
+@pytest.mark.parametrize("name", params(SEGMENTATION, SLOW))
+def test_segmentation(name):
+    model = getattr(torchvision.models.segmentation, name)(weights=None, weights_backbone=None)
+    check(liven(model), torch.randn(1, 3, 64, 64))
+    del model
+    gc.collect()
+
+
+def test_count():
+    assert len(CNNS) == 68
