@@ -25,7 +25,9 @@ pytest.importorskip("onnxscript")
 
 
 def _tiny_vit() -> VisionTransformer:
-    vit = VisionTransformer(image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=64, mlp_dim=128)
+    vit = VisionTransformer(
+        image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=64, mlp_dim=128
+    )
     nn.init.normal_(vit.heads.head.weight)  # torchvision zero-inits the head: outputs would all be 0
     return vit
 
