@@ -3,7 +3,7 @@
 Measures, with fixed seeds, the claims in ``docs/results.md``: structured L2 vs random ranking
 (accuracy vs MACs kept), recovery of a CNN slimmed to ≤ 50 % of its MACs, one-shot vs iterative
 slimming at high ratios, unstructured accuracy vs sparsity, and Lottery Ticket rewinding vs
-random re-initialisation. Writes ``results.json`` and the plots into ``--out``.
+random re-initialisation. Writes ``digits_results.json`` and the plots (``img/``) into ``--out``.
 
 Run:
     python examples/digits.py              # full settings, a few minutes on 2 CPU cores
@@ -30,8 +30,9 @@ import surgeon
 from surgeon import lottery, masks, schedule
 from surgeon.measure import count_macs
 
-__all__ = ["Data", "Settings", "FAST", "FULL", "accuracy", "cnn", "fit", "load", "mlp",
-           "lottery_ticket", "one_shot_vs_iterative", "ranking", "recovery", "unstructured"]
+__all__ = ["Data", "Settings", "FAST", "FULL", "accuracy", "batches", "cnn", "finetune", "fit",
+           "load", "lottery_ticket", "mlp", "one_shot_vs_iterative", "plot", "random_importance",
+           "ranking", "recalibrated", "recovery", "run", "trained", "unstructured"]
 
 EXAMPLE = torch.zeros(1, 1, 8, 8)
 
@@ -336,7 +337,8 @@ def plot(results: dict, out: Path) -> list[Path]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--fast", action="store_true", help="the quick test settings")
-    parser.add_argument("--out", type=Path, default=Path("docs"), help="results.json and img/")
+    parser.add_argument("--out", type=Path, default=Path("docs"),
+                        help="where digits_results.json and img/ go")
     parser.add_argument("--plot-only", action="store_true", help="re-plot out/results.json")
     args = parser.parse_args()
     torch.set_num_threads(1)
