@@ -19,7 +19,7 @@ from torch import fx, nn
 from .errors import HandlerError
 from .graph import DepGraph
 from .labels import Labels, empty, is_labelled
-from .ops import Ctx, Names, lookup
+from .ops import Ctx, Names, Options, lookup
 
 __all__ = ["Group", "Coupling", "propagate", "couple"]
 
@@ -48,7 +48,7 @@ class Group:
         return f"Group({self.id}: {head}{more}, units={self.units}, frozen={self.frozen_units}{flag})"
 
 
-def _node_step(node: fx.Node, dg: DepGraph, env: dict, names: Names) -> object:
+def _node_step(node: fx.Node, dg: DepGraph, env: dict, names: Names, options: Options) -> object:
     """Labels of one node's output, relating its inputs' atoms on the way."""
     meta = node.meta.get("tensor_meta")
     if node.op == "placeholder":
@@ -59,7 +59,7 @@ def _node_step(node: fx.Node, dg: DepGraph, env: dict, names: Names) -> object:
             return None
         name = names.of(value) or node.target
         return Labels(dg.space(name, d, s) if s > 1 else None for d, s in enumerate(value.shape))
-    ctx = Ctx(node, dg, env, names)
+    ctx = Ctx(node, dg, env, names, options)
     if node.op == "output":
         ctx.freeze(ctx.lab(node.args[0]), "reaches the model output")
         return None
@@ -83,13 +83,13 @@ def _attr(model: nn.Module, target: str) -> object:
 
 
 def propagate(model: nn.Module, graphs: Sequence[fx.GraphModule], *,
-              ignore: Sequence[nn.Module | str] = ()) -> DepGraph:
+              ignore: Sequence[nn.Module | str] = (), options: Options = Options()) -> DepGraph:
     """Walk every graph once, filling a DepGraph with spaces, couplings and frozen atoms."""
     dg, names = DepGraph(), Names(model)
     for gm in graphs:
         env: dict[fx.Node, object] = {}
         for node in gm.graph.nodes:
-            env[node] = _node_step(node, dg, env, names)
+            env[node] = _node_step(node, dg, env, names, options)
     _freeze_ignored(model, dg, names, ignore)
     return dg
 
@@ -133,23 +133,23 @@ class Coupling:
         self.n_units = int(self.unit.max()) + 1 if self.unit.size else 0
         self.active = np.zeros(self.n_units, dtype=bool)
         self.active[self.unit[dg.active_atoms()]] = True
-        self.frozen, frozen_why = self._flag(dg.frozen)
-        self.inexact, inexact_why = self._flag(dg.inexact)
+        self.frozen = self._flag(dg.frozen)
+        self.inexact = self._flag(dg.inexact)
         self.graph = self._space_graph()
         self.group_of = np.full(self.n_units, -1, dtype=np.int64)
-        self.groups, self.members = [], []
-        for spaces in sorted(nx.connected_components(self.graph), key=min):
+        components = sorted(nx.connected_components(self.graph), key=min)
+        self.members = []
+        for spaces in components:
             units = np.unique(np.concatenate([self._units_of_space(i) for i in spaces]))
-            self.group_of[units] = len(self.groups)
-            fz = sorted({frozen_why[u] for u in units.tolist() if u in frozen_why})
-            ix = sorted({inexact_why[u] for u in units.tolist() if u in inexact_why})
-            self.groups.append(Group(
-                id=len(self.groups), spaces=tuple(str(dg.spaces[i]) for i in sorted(spaces)),
-                units=len(units), frozen_units=int(self.frozen[units].sum()),
-                exact=not bool(self.inexact[units].any()), frozen_why=tuple(fz[:8]),
-                inexact_why=tuple(ix[:8]),
-            ))
+            self.group_of[units] = len(self.members)
             self.members.append(units)
+        frozen_why, inexact_why = self._reasons(dg.frozen), self._reasons(dg.inexact)
+        self.groups = [
+            Group(id=g, spaces=tuple(str(dg.spaces[i]) for i in sorted(spaces)), units=len(units),
+                  frozen_units=int(self.frozen[units].sum()), exact=not bool(self.inexact[units].any()),
+                  frozen_why=tuple(frozen_why[g][:8]), inexact_why=tuple(inexact_why[g][:8]))
+            for g, (spaces, units) in enumerate(zip(components, self.members))
+        ]
 
     def _units_of_space(self, i: int) -> np.ndarray:
         sp = self.dg.spaces[i]
@@ -168,18 +168,25 @@ class Coupling:
         graph.add_edges_from(zip(pairs[:-1, 1][same].tolist(), pairs[1:, 1][same].tolist()))
         return graph
 
-    def _flag(self, marks: list[tuple[np.ndarray, str]]) -> tuple[np.ndarray, dict[int, str]]:
-        """Units holding a marked atom, and the first reason given for each."""
-        first = np.full(self.n_units, -1, dtype=np.int64)
-        for k, (atoms, _) in enumerate(marks):
-            units = self.unit[atoms]
-            first[units[first[units] < 0]] = k
-        marked = np.flatnonzero(first >= 0)
-        return first >= 0, dict(zip(marked.tolist(), (marks[k][1] for k in first[marked].tolist())))
+    def _flag(self, marks: list[tuple[np.ndarray, str]]) -> np.ndarray:
+        """Units holding a marked atom."""
+        flag = np.zeros(self.n_units, dtype=bool)
+        for atoms, _ in marks:
+            flag[self.unit[atoms]] = True
+        return flag
+
+    def _reasons(self, marks: list[tuple[np.ndarray, str]]) -> list[list[str]]:
+        """Distinct reasons touching each group, in the order they were given."""
+        reasons: list[list[str]] = [[] for _ in self.members]
+        for atoms, reason in marks:
+            for g in np.unique(self.group_of[self.unit[atoms]]).tolist():
+                if g >= 0 and reason not in reasons[g]:
+                    reasons[g].append(reason)
+        return reasons
 
 
 def couple(model: nn.Module, graphs: Sequence[fx.GraphModule], *,
-           ignore: Sequence[nn.Module | str] = ()) -> Coupling:
+           ignore: Sequence[nn.Module | str] = (), options: Options = Options()) -> Coupling:
     """Propagate channels through `graphs` and return the units and groups."""
-    return Coupling(propagate(model, graphs, ignore=ignore))
+    return Coupling(propagate(model, graphs, ignore=ignore, options=options))
 

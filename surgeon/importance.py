@@ -41,13 +41,15 @@ def _slice_scores(t: torch.Tensor, dim: int, importance: Importance) -> np.ndarr
     return t.pow(2).sum(other).double().cpu().numpy() if other else t.pow(2).double().cpu().numpy()
 
 
-def score_units(model: nn.Module, coupling: Coupling, importance: Importance = "l2", *,
-                seed: int = 0) -> np.ndarray:
-    """One score per unit; higher means more important (kept first)."""
+def score_units(model: nn.Module, coupling: Coupling, importance: Importance = "l2") -> np.ndarray:
+    """One score per unit; higher means more important (kept first).
+
+    "random" draws from torch's global generator, so `torch.manual_seed` makes it repeatable.
+    """
     check_importance(importance)
     n = coupling.n_units
     if importance == "random":
-        return np.random.default_rng(seed).random(n)
+        return torch.rand(n, dtype=torch.float64).numpy()
     params = dict(model.named_parameters())
     score = np.zeros(n, dtype=np.float64)
     for sp in coupling.dg.spaces:

@@ -13,6 +13,7 @@ from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -68,13 +69,12 @@ def _sliced(old: torch.Tensor, cuts: list[Cut], drop: Callable[[Cut], tuple[int,
         for cut in cuts:
             if tuple(old.shape)[cut.dim] != cut.size:
                 raise PlanError(f"{cut}: tensor has size {old.shape[cut.dim]} in dim {cut.dim}")
-            gone = set(drop(cut))
-            zeros = [i for i in zero(cut) if i not in gone]
-            keep = [i for i in range(cut.size) if i not in gone]
-            if zeros and isinstance(old, nn.Parameter):
+            gone = np.asarray(drop(cut), dtype=np.int64)
+            zeros = np.setdiff1d(np.asarray(zero(cut), dtype=np.int64), gone)
+            if zeros.size and isinstance(old, nn.Parameter):
                 new = new.clone()
-                new.index_fill_(cut.dim, torch.tensor(zeros, device=new.device), 0)
-            idx = torch.tensor(keep, dtype=torch.long, device=new.device)
+                new.index_fill_(cut.dim, torch.from_numpy(zeros).to(new.device), 0)
+            idx = torch.from_numpy(np.setdiff1d(np.arange(cut.size), gone)).to(new.device)
             new = new.index_select(cut.dim, idx)
             grad = grad.index_select(cut.dim, idx) if grad is not None else None
     if isinstance(old, nn.Parameter):

@@ -16,6 +16,7 @@ from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
 from .errors import TraceError
+from .ops import lookup
 
 __all__ = ["as_inputs", "infer_inputs", "trace", "modes_kept"]
 
@@ -35,8 +36,11 @@ class _Tracer(fx.Tracer):
         self.failed_in = ""
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        """Standard torch.nn layers, plus the user's `leaf_modules` (by class or name)."""
+        """Standard torch.nn layers, layers with a registered handler (timm `Attention` …),
+        and the user's `leaf_modules` (by class or name)."""
         if any(qualname == x if isinstance(x, str) else isinstance(m, x) for x in self.leaves):
+            return True
+        if not type(m).__module__.startswith("torch.nn") and lookup(m) is not None:
             return True
         return super().is_leaf_module(m, qualname)
 

@@ -1,6 +1,7 @@
 """`Ctx`: what a handler sees of one fx node, and the verbs it uses to relate atoms."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -11,7 +12,16 @@ from ..errors import HandlerError
 from ..graph import DepGraph
 from ..labels import Labels, atoms_in, iter_labels
 
-__all__ = ["Ctx", "Names"]
+__all__ = ["Ctx", "Names", "Options"]
+
+
+@dataclass(frozen=True)
+class Options:
+    """How attention layers may be cut (see `surgeon.slim`)."""
+
+    prune_heads: bool = True
+    prune_head_dims: bool = False
+    prune_embed: bool = False
 
 
 class Names:
@@ -30,8 +40,9 @@ class Names:
 class Ctx:
     """One fx node being propagated: its inputs' labels, shapes, module and the DepGraph."""
 
-    def __init__(self, node: fx.Node, dg: DepGraph, env: dict[fx.Node, Any], names: Names) -> None:
-        self.node, self.dg, self._env, self.names = node, dg, env, names
+    def __init__(self, node: fx.Node, dg: DepGraph, env: dict[fx.Node, Any], names: Names,
+                 options: Options = Options()) -> None:
+        self.node, self.dg, self._env, self.names, self.options = node, dg, env, names, options
         self.module: nn.Module | None = (
             names.model.get_submodule(node.target) if node.op == "call_module" else None
         )
@@ -85,20 +96,20 @@ class Ctx:
         return out
 
     # parameters -----------------------------------------------------------------------------
-    def tensor_name(self, attr: str) -> str | None:
-        """Canonical name of this module's parameter/buffer `attr` (None if absent)."""
-        t = getattr(self.module, attr, None)
-        return self.names.of(t) if isinstance(t, torch.Tensor) else None
+    def tensor(self, attr: str) -> torch.Tensor | None:
+        """This module's parameter/buffer at a dotted path (`"weight"`, `"qkv.bias"`), or None."""
+        obj: Any = self.module
+        for part in attr.split("."):
+            obj = getattr(obj, part, None)
+        return obj if isinstance(obj, torch.Tensor) else None
 
     def param(self, attr: str, dim: int, *, active: bool = False) -> np.ndarray | None:
         """Atoms of dimension `dim` of this module's tensor `attr`; `active` creates a space."""
-        name = self.tensor_name(attr)
-        if name is None:
+        t = self.tensor(attr)
+        name = self.names.of(t) if t is not None else None
+        if name is None or t.shape[dim] <= 1:
             return None
-        size = getattr(self.module, attr).shape[dim]
-        if size <= 1:
-            return None
-        return self.dg.space(name, dim % getattr(self.module, attr).dim(), size, active=active)
+        return self.dg.space(name, dim % t.dim(), t.shape[dim], active=active)
 
     def bind(self, attr: str, dim: int, arr: np.ndarray | None) -> None:
         """Couple dimension `dim` of this module's tensor `attr` with the atoms in `arr`."""

@@ -1,0 +1,106 @@
+"""Attention heads: timm `Attention` loses whole heads (or head width); the embedding dim only on
+request; `nn.MultiheadAttention` keeps its heads, with the reason reported."""
+from __future__ import annotations
+
+import pytest
+import timm
+import torch
+import torchvision
+from timm.layers import Attention
+from torch import nn
+
+import surgeon
+
+
+class Block(nn.Module):
+    """A pre-norm transformer block around timm's Attention."""
+
+    def __init__(self, dim: int = 32, heads: int = 4, **kw) -> None:
+        super().__init__()
+        self.embed = nn.Linear(8, dim)
+        self.norm1, self.attn = nn.LayerNorm(dim), Attention(dim, heads, qkv_bias=True, **kw)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim))
+        self.head = nn.Linear(dim, 3)
+
+    def forward(self, x):
+        x = self.embed(x)
+        x = x + self.attn(self.norm1(x))
+        x = x + self.mlp(self.norm2(x))
+        return self.head(x.mean(1))
+
+
+X = torch.randn(2, 5, 8)
+
+
+def changed(a: nn.Module, b: nn.Module, x: torch.Tensor) -> float:
+    with torch.no_grad():
+        return float((a(x) - b(x)).norm() / b(x).norm())
+
+
+@pytest.mark.parametrize("kw", [{}, {"qk_norm": True, "norm_layer": nn.LayerNorm}, {"gated": True}])
+def test_whole_heads_leave(kw):
+    model = Block(**kw).eval()
+    slim = surgeon.slim(model, 0.5, X)
+    attn = slim.attn
+    assert attn.num_heads == 2 and attn.head_dim == 8 and attn.attn_dim == 16
+    assert attn.qkv.weight.shape == (48, 32) and attn.proj.weight.shape == (32, 16)
+    assert slim.mlp[0].out_features == 32 and slim.norm1.normalized_shape == (32,)
+    report = surgeon.verify(model, slim)
+    assert report.ok and len(report.checked) == 2 and not report.unchecked
+    assert changed(slim, model, X) > 1e-3
+
+
+def test_head_scores_rank_whole_heads():
+    model = Block().eval()
+    with torch.no_grad():
+        model.attn.qkv.weight.view(3, 4, 8, 32)[:, 1:3] *= 10  # heads 1 and 2 are the strongest
+    slim = surgeon.slim(model, 0.5, X)
+    kept = slim.attn.qkv.weight.view(3, 2, 8, 32)[0]
+    assert torch.equal(kept, model.attn.qkv.weight.view(3, 4, 8, 32)[0, 1:3])
+
+
+def test_prune_head_dims_keeps_the_count_and_is_inexact():
+    model = Block(qk_norm=True, norm_layer=nn.LayerNorm).eval()
+    plan = surgeon.plan(model, 0.5, X, prune_head_dims=True)
+    slim = plan.apply(model)
+    attn = slim.attn
+    assert attn.num_heads == 4 and attn.head_dim == 4 and attn.scale == 4 ** -0.5
+    assert attn.q_norm.normalized_shape == (4,)
+    report = surgeon.verify(model, slim, X, plan=plan)
+    assert report.ok and any("scale" in why for _, why in report.unchecked)
+
+
+def test_embed_dim_only_on_request():
+    model = Block().eval()
+    plan = surgeon.plan(model, 0.5, X)
+    frozen = [g for g in plan.groups if any("prune_embed" in w for w in g.frozen_why)]
+    assert frozen and all(g.frozen_units == g.units for g in frozen)
+    slim = surgeon.slim(model, 0.5, X, prune_embed=True)
+    assert slim.embed.out_features == 16 and slim.norm1.normalized_shape == (16,)
+    assert slim.attn.qkv.in_features == 16 and slim.head.in_features == 16
+    report = surgeon.verify(model, slim)
+    assert report.ok and any("LayerNorm" in why for _, why in report.unchecked)
+
+
+def test_timm_vit_heads_and_mlp_halved():
+    model = timm.create_model("vit_small_patch16_224", pretrained=False, img_size=32).eval()
+    x = torch.randn(1, 3, 32, 32)
+    slim = surgeon.slim(model, 0.5, x)
+    assert type(slim) is type(model)
+    for before, after in zip(model.blocks, slim.blocks):
+        assert after.attn.num_heads == before.attn.num_heads // 2
+        assert after.mlp.fc1.out_features == before.mlp.fc1.out_features // 2
+    assert slim(x).shape == model(x).shape
+    assert surgeon.verify(model, slim).ok
+
+
+def test_multihead_attention_keeps_heads_with_reason():
+    model = torchvision.models.VisionTransformer(32, 8, num_layers=2, num_heads=4, hidden_dim=32, mlp_dim=64).eval()
+    x = torch.randn(1, 3, 32, 32)
+    plan = surgeon.plan(model, 0.5, x)
+    assert any("nn.MultiheadAttention" in w for g in plan.groups for w in g.frozen_why)
+    slim = plan.apply(model)
+    layer = slim.encoder.layers[0]
+    assert layer.self_attention.num_heads == 4 and layer.mlp[0].out_features == 32
+    assert surgeon.verify(model, slim, x, plan=plan).ok
