@@ -40,6 +40,7 @@ class DepGraph:
         self.frozen: list[tuple[np.ndarray, str]] = []
         self.inexact: list[tuple[np.ndarray, str]] = []
         self.sizes: dict[tuple[str, str], np.ndarray] = {}
+        self.counts: list[tuple[np.ndarray, np.ndarray]] = []
         self.n_atoms = 0
 
     def space(self, name: str, dim: int, size: int, *, active: bool = False) -> np.ndarray:
@@ -90,14 +91,31 @@ class DepGraph:
             labels = np.where(old >= 0, old, labels)
         self.sizes[(module, attr)] = labels
 
+    def same_count(self, a: np.ndarray, b: np.ndarray) -> None:
+        """Two dimensions must keep equally many indices (one is sized from the other in
+        `forward`). Satisfied when both hold the same units (a channel shuffle permutes them);
+        otherwise `classes` couples them index by index."""
+        if not np.array_equal(a, b):
+            self.counts.append((a, b))
+
     def classes(self) -> np.ndarray:
-        """Class id (smallest coupled atom) of every atom."""
-        if self._edges:
-            a = np.concatenate([e[0] for e in self._edges])
-            b = np.concatenate([e[1] for e in self._edges])
-        else:
-            a = b = np.zeros(0, dtype=np.int64)
-        return connected_atoms(self.n_atoms, a, b)
+        """Class id (smallest coupled atom) of every atom, with count constraints enforced."""
+        while True:
+            if self._edges:
+                a = np.concatenate([e[0] for e in self._edges])
+                b = np.concatenate([e[1] for e in self._edges])
+            else:
+                a = b = np.zeros(0, dtype=np.int64)
+            root = connected_atoms(self.n_atoms, a, b)
+            broken = [(x, y) for x, y in self.counts
+                      if not np.array_equal(np.sort(root[x[x >= 0]]), np.sort(root[y[y >= 0]]))]
+            if not broken:
+                return root
+            for x, y in broken:
+                self.union(x, y)
+                lone = (x >= 0) != (y >= 0)
+                self.freeze(np.where(x >= 0, x, y)[lone], "sized in forward from a dimension that is not pruned")
+            self.counts = [c for c in self.counts if not any(c is d for d in broken)]
 
     def active_atoms(self) -> np.ndarray:
         """Boolean mask: atom lies in a space created by a layer (conv/linear output …)."""

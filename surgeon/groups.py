@@ -20,6 +20,7 @@ from .errors import HandlerError
 from .graph import DepGraph
 from .labels import Labels, empty, is_labelled
 from .ops import Ctx, Names, Options, lookup
+from .ops.shape import size_value
 
 __all__ = ["Group", "Coupling", "propagate", "couple"]
 
@@ -64,7 +65,7 @@ def _node_step(node: fx.Node, dg: DepGraph, env: dict, names: Names, options: Op
         ctx.freeze(ctx.lab(node.args[0]), "reaches the model output")
         return None
     if meta is None:
-        return None
+        return size_value(ctx)
     handler = lookup(ctx.module if node.op == "call_module" else node.target)
     if handler is None:
         inputs = ctx.lab(list(node.args) + list(node.kwargs.values()))

@@ -7,11 +7,11 @@ spatial dimensions are normally `None`; a conv output carries its channel atoms 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
-__all__ = ["Labels", "empty", "atoms_in", "is_labelled", "iter_labels"]
+__all__ = ["Labels", "SizeOf", "empty", "atoms_in", "is_labelled", "iter_labels"]
 
 
 class Labels(tuple):
@@ -26,6 +26,13 @@ class Labels(tuple):
         out = list(self)
         out[dim] = arr
         return Labels(out)
+
+
+class SizeOf(NamedTuple):
+    """The size of one tensor dimension, read in `forward` (`x.shape[1]`, `x.size(1)`), with the
+    labels of that dimension: a reshape to this size must carry the same indices."""
+
+    labels: np.ndarray | None
 
 
 def empty(value: Any) -> Any:

@@ -292,3 +292,22 @@ def test_chunk_and_shuffle_keep_halves_equal():
     slim, _ = roundtrip(Shuffle(False), torch.randn(2, 3, 8, 8))
     assert slim.stem[0].out_channels % 2 == 0
     assert slim.branch[0].in_channels == slim.stem[0].out_channels // 2
+
+
+def test_size_read_from_another_tensor_keeps_counts_equal():
+    """MaxViT-style: the output is reshaped to the *input's* width read from `x.shape`."""
+
+    class SizedFrom(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.stem, self.inner, self.out = nn.Linear(4, 8), nn.Linear(8, 8), nn.Linear(8, 2)
+
+        def forward(self, x):
+            x = self.stem(x)
+            b, n, d = x.shape
+            y = self.inner(x).reshape(b, n, 2, 4).reshape(b, n, d)
+            return self.out(y + x)
+
+    model = SizedFrom()
+    slim, _ = roundtrip(model, torch.randn(2, 3, 4))
+    assert slim.stem.out_features == slim.inner.out_features

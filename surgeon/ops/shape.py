@@ -9,16 +9,18 @@ with nothing computed freeze it (the forward hard-codes the width).
 """
 from __future__ import annotations
 
+import operator
+
 import numpy as np
 import torch
 from torch import fx, nn
 
 from ..errors import HandlerError
-from ..labels import Labels
+from ..labels import Labels, SizeOf
 from .context import Ctx
 from .registry import register
 
-__all__ = ["reshape_labels", "view", "flatten", "unflatten", "permute", "transpose",
+__all__ = ["size_value", "reshape_labels", "view", "flatten", "unflatten", "permute", "transpose",
            "expand", "expand_as", "repeat", "channel_shuffle"]
 
 
@@ -80,6 +82,35 @@ def _literal(v: object) -> bool:
     return isinstance(v, int) and v != -1
 
 
+def size_value(ctx: Ctx) -> object:
+    """Sizes read in `forward` (`x.shape`, `x.size(d)`, indexing them) keep their labels."""
+    node, target = ctx.node, ctx.node.target
+    src = ctx.lab(node.args[0]) if node.args else None
+    if isinstance(src, Labels) and (target == "size" or (target is getattr and node.args[1] == "shape")):
+        sizes = tuple(SizeOf(a) for a in src)
+        dim = ctx.arg(1, "dim") if target == "size" else None
+        return sizes if dim is None else sizes[dim]
+    if target is operator.getitem and isinstance(src, tuple) and src and isinstance(src[0], SizeOf):
+        return src[node.args[1]]
+    return None
+
+
+def _match_sizes(ctx: Ctx, out: Labels, sizes: object) -> Labels:
+    """A dimension sized from another tensor's dimension must keep as many indices as it."""
+    values = ctx.lab(sizes)
+    if not isinstance(values, tuple) or len(values) != len(out):
+        return out
+    dims = list(out)
+    for j, src in enumerate(values):
+        if not isinstance(src, SizeOf):
+            continue
+        if dims[j] is None or src.labels is None:
+            dims[j] = ctx.merge([dims[j], src.labels])
+        else:
+            ctx.dg.same_count(dims[j], src.labels)
+    return Labels(dims)
+
+
 @register("view", "reshape", torch.reshape)
 def view(ctx: Ctx) -> Labels:
     """`x.view(*shape)`, `x.reshape(shape)`, `torch.reshape(x, shape)`."""
@@ -91,7 +122,8 @@ def view(ctx: Ctx) -> Labels:
     if len(args) == 1 and isinstance(args[0], torch.dtype):
         return ctx.lab(ctx.arg(0))
     x = ctx.node.args[0]
-    return reshape_labels(ctx, ctx.lab(x), ctx.shape(x), ctx.out_shape, fixed)
+    out = reshape_labels(ctx, ctx.lab(x), ctx.shape(x), ctx.out_shape, fixed)
+    return _match_sizes(ctx, out, sizes)
 
 
 @register("flatten", torch.flatten, nn.Flatten, "squeeze", torch.squeeze, "unsqueeze",
@@ -157,7 +189,7 @@ def expand(ctx: Ctx) -> Labels:
             ctx.freeze(lab, "expand with a literal size")
             lab = None
         dims.append(lab if shape[d] == out_shape[lead + d] else None)
-    return Labels(dims)
+    return _match_sizes(ctx, Labels(dims), sizes)
 
 
 @register("expand_as", torch.broadcast_to)
