@@ -104,3 +104,26 @@ def test_multihead_attention_keeps_heads_with_reason():
     layer = slim.encoder.layers[0]
     assert layer.self_attention.num_heads == 4 and layer.mlp[0].out_features == 32
     assert surgeon.verify(model, slim, x, plan=plan).ok
+
+
+@pytest.mark.parametrize("name", ["swin_t", "swin_v2_t", pytest.param("maxvit_t", marks=pytest.mark.slow)])
+def test_torchvision_transformers_mlp_halved(name):
+    size = 224 if name == "maxvit_t" else 64
+    model = getattr(torchvision.models, name)(weights=None).eval()
+    x = torch.randn(1, 3, size, size)
+    slim = surgeon.slim(model, 0.5, x)
+    mlps = [(a, b) for (n, a), b in zip(model.named_modules(), slim.modules())
+            if isinstance(a, nn.Linear) and "mlp" in n and a.out_features > a.in_features]
+    assert mlps and all(b.out_features == a.out_features // 2 for a, b in mlps)
+    assert slim(x).shape == model(x).shape
+    assert surgeon.verify(model, slim).ok
+
+
+@pytest.mark.parametrize("name", ["resnet50", "efficientnet_b0", "convnext_tiny"])
+def test_timm_cnns(name):
+    model = timm.create_model(name, pretrained=False).eval()
+    x = torch.randn(1, 3, 64, 64)
+    slim = surgeon.slim(model, 0.5, x)
+    assert type(slim) is type(model) and slim(x).shape == model(x).shape
+    assert sum(p.numel() for p in slim.parameters()) < 0.6 * sum(p.numel() for p in model.parameters())
+    assert surgeon.verify(model, slim).ok
