@@ -1,4 +1,4 @@
-"""Human-readable tables: what can be pruned, what is frozen and why; model size before → after."""
+"""Human-readable table of the coupled groups: what can be pruned, what is frozen and why."""
 from __future__ import annotations
 
 from rich.console import Console
@@ -7,12 +7,7 @@ from torch import nn
 
 from .plan import Plan
 
-__all__ = ["print_analysis", "count_params"]
-
-
-def count_params(model: nn.Module) -> int:
-    """Number of parameters (tied ones once)."""
-    return sum(p.numel() for p in model.parameters())
+__all__ = ["print_analysis"]
 
 
 def print_analysis(model: nn.Module, plan: Plan, *, console: Console | None = None) -> None:
