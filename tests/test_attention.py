@@ -83,16 +83,29 @@ def test_embed_dim_only_on_request():
     assert report.ok and any("LayerNorm" in why for _, why in report.unchecked)
 
 
-def test_timm_vit_heads_and_mlp_halved():
-    model = timm.create_model("vit_small_patch16_224", pretrained=False, img_size=32).eval()
-    x = torch.randn(1, 3, 32, 32)
+def attentions(model: nn.Module) -> list[nn.Module]:
+    return [m for m in model.modules() if hasattr(m, "num_heads") and hasattr(m, "qkv")]
+
+
+@pytest.mark.parametrize("name, kw", [
+    ("vit_small_patch16_224", {"img_size": 32}),
+    ("vit_base_patch16_224", {"img_size": 32}),
+    ("deit_small_patch16_224", {"img_size": 32}),
+    ("swin_tiny_patch4_window7_224", {}),
+])
+def test_timm_transformers_heads_and_mlp_halved(name, kw):
+    model = timm.create_model(name, pretrained=False, **kw).eval()
+    x = torch.randn(1, 3, kw.get("img_size", 224), kw.get("img_size", 224))
     slim = surgeon.slim(model, 0.5, x)
     assert type(slim) is type(model)
-    for before, after in zip(model.blocks, slim.blocks):
-        assert after.attn.num_heads == before.attn.num_heads // 2
-        assert after.mlp.fc1.out_features == before.mlp.fc1.out_features // 2
+    pairs = list(zip(attentions(model), attentions(slim)))
+    assert pairs and all(b.num_heads == a.num_heads - a.num_heads // 2 for a, b in pairs)
+    fc1 = [(a, b) for (n, a), b in zip(model.named_modules(), slim.modules()) if n.endswith("mlp.fc1")]
+    assert fc1 and all(b.out_features == a.out_features // 2 for a, b in fc1)
     assert slim(x).shape == model(x).shape
-    assert surgeon.verify(model, slim).ok
+    report = surgeon.verify(model, slim)
+    assert report.ok and len(report.checked) == 2 * len(pairs)
+    assert changed(slim, model, x) > 1e-3
 
 
 def test_multihead_attention_keeps_heads_with_reason():
@@ -106,7 +119,7 @@ def test_multihead_attention_keeps_heads_with_reason():
     assert surgeon.verify(model, slim, x, plan=plan).ok
 
 
-@pytest.mark.parametrize("name", ["swin_t", "swin_v2_t", pytest.param("maxvit_t", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("name", ["swin_t", "swin_v2_t", "maxvit_t"])
 def test_torchvision_transformers_mlp_halved(name):
     size = 224 if name == "maxvit_t" else 64
     model = getattr(torchvision.models, name)(weights=None).eval()

@@ -15,7 +15,7 @@ from ..labels import Labels, empty
 from .context import Ctx
 from .registry import register, resizer
 
-__all__ = ["head_units", "timm_attention", "multihead_attention"]
+__all__ = ["head_units", "fused_attention", "resize_heads", "multihead_attention"]
 
 _EMBED = "embedding dim of an attention layer (pass prune_embed=True to prune it; not exact)"
 
@@ -56,16 +56,14 @@ def _embed(ctx: Ctx, x: Labels) -> None:
         ctx.freeze(x[-1], _EMBED)
 
 
-try:
-    from timm.layers import Attention as TimmAttention
-except ImportError:  # timm is optional
-    TimmAttention = None
+def fused_attention(ctx: Ctx, *, per_head: tuple[tuple[str, int], ...] = ()) -> Labels:
+    """An attention module with `qkv` and `proj` Linears (timm's `Attention`, `WindowAttention`).
 
-
-def timm_attention(ctx: Ctx) -> Labels:
-    """timm `Attention`: fused `qkv`, `proj`, optional `gate`, q/k norms and `norm`."""
+    `per_head` names tensor dimensions indexed by head (a relative position bias table).
+    """
     m, x = ctx.module, ctx.lab(ctx.arg(0, "x"))
-    h, d = m.num_heads, m.head_dim
+    h = m.num_heads
+    d = ctx.tensor("qkv.weight").shape[0] // (3 * h)
     _embed(ctx, x)
     rows = ctx.param("qkv.weight", 0, active=True)
     ctx.bind("qkv.weight", 1, x[-1])
@@ -73,6 +71,9 @@ def timm_attention(ctx: Ctx) -> Labels:
     heads, dims = head_units(ctx, rows, 3, h, d)
     for attr, dim in (("proj.weight", 1), ("gate.weight", 0), ("gate.bias", 0), ("norm.weight", 0), ("norm.bias", 0)):
         _tie(ctx, attr, dim, heads, dims, h, d)
+    for attr, dim in per_head:
+        if heads is not None and (atoms := ctx.param(attr, dim)) is not None:
+            ctx.merge([heads, atoms])
     ctx.bind("gate.weight", 1, x[-1])
     if ctx.tensor("norm.weight") is not None:
         ctx.inexact(ctx.param("norm.weight", 0), "LayerNorm over the attention width")
@@ -89,21 +90,31 @@ def timm_attention(ctx: Ctx) -> Labels:
     return x.with_dim(-1, out)
 
 
-def resize_timm_attention(m: nn.Module, sizes: dict) -> None:
+def resize_heads(m: nn.Module, sizes: dict) -> None:
     """Heads / head width back into the attributes `forward` reads."""
     m.num_heads = sizes.get("num_heads", m.num_heads)
+    head_dim = m.qkv.weight.shape[0] // (3 * m.num_heads)
     if "head_dim" in sizes:
-        m.head_dim = sizes["head_dim"]
-        m.scale = m.head_dim ** -0.5
-    m.attn_dim = m.num_heads * m.head_dim
-    for norm in (m.q_norm, m.k_norm):
+        m.scale = head_dim ** -0.5
+    if hasattr(m, "head_dim"):
+        m.head_dim = head_dim
+    if hasattr(m, "attn_dim"):
+        m.attn_dim = m.num_heads * head_dim
+    for norm in (getattr(m, "q_norm", None), getattr(m, "k_norm", None)):
         if isinstance(norm, nn.LayerNorm):
-            norm.normalized_shape = (m.head_dim,)
+            norm.normalized_shape = (head_dim,)
 
+
+try:
+    from timm.layers import Attention as TimmAttention
+    from timm.models.swin_transformer import WindowAttention as TimmWindowAttention
+except ImportError:  # timm is optional
+    TimmAttention = TimmWindowAttention = None
 
 if TimmAttention is not None:
-    register(TimmAttention)(timm_attention)
-    resizer(TimmAttention)(resize_timm_attention)
+    register(TimmAttention)(fused_attention)
+    register(TimmWindowAttention)(lambda ctx: fused_attention(ctx, per_head=(("relative_position_bias_table", 1),)))
+    resizer(TimmAttention, TimmWindowAttention)(resize_heads)
 
 
 @register(nn.MultiheadAttention)
