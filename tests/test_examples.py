@@ -1,0 +1,17 @@
+"""The README's main job runs end to end (smaller model, no latency timing)."""
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_resnet_example(tmp_path):
+    onnx = tmp_path / "slim.onnx"
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "resnet.py"), "--model", "resnet18", "--no-latency",
+         "--onnx", str(onnx)], capture_output=True, text=True, timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "Report(OK" in done.stdout and "MACs" in done.stdout and "OnnxResult" in done.stdout
+    assert onnx.stat().st_size > 1_000_000
