@@ -16,7 +16,10 @@ import platform
 import re
 from pathlib import Path
 
-__all__ = ["DOCS", "IMAGES", "RESULTS", "environment", "read_results", "write_results", "write_section"]
+__all__ = [
+    "DOCS", "IMAGES", "RESULTS", "environment", "pyplot", "read_results", "save_figure",
+    "write_results", "write_section",
+]
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs" / "benchmarks.md"
@@ -76,6 +79,26 @@ def read_results(name: str) -> list[dict]:
     """Rows saved by `write_results`, or [] when the benchmark has not run yet."""
     path = RESULTS / f"{name}.json"
     return json.loads(path.read_text()) if path.exists() else []
+
+
+def pyplot():
+    """matplotlib.pyplot on the file-only Agg backend (benchmarks never open windows)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(fig, name: str) -> Path:
+    """Write `fig` to docs/img/<name>.png, close it and return the path."""
+    IMAGES.mkdir(parents=True, exist_ok=True)
+    path = IMAGES / f"{name}.png"
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    pyplot().close(fig)
+    return path
 
 
 def _cpu() -> str:

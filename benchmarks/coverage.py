@@ -7,7 +7,7 @@ warm-up on a tiny CNN so one-time costs are not charged to the first model). Rep
 (Linux peak RSS, reset before each tool), parameter keep and MAC keep.
 
 Usage:
-    python benchmarks/coverage.py             # default tier, < 20 min on 2 cores
+    python benchmarks/coverage.py             # default tier: 70 models, ~25 min on 2 busy cores
     python benchmarks/coverage.py --quick     # the four target models and a few more
     python benchmarks/coverage.py --slow      # the whole zoo, the largest models included
     python benchmarks/coverage.py --models resnet50 vgg16_bn
@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import signal
 import subprocess
 import sys
 import time
@@ -29,7 +30,9 @@ import torchvision
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import IMAGES, environment, read_results, write_results, write_section  # noqa: E402
+from common import (  # noqa: E402
+    environment, pyplot, read_results, save_figure, write_results, write_section,
+)
 
 from surgeon.measure import count_macs, count_params  # noqa: E402
 
@@ -41,7 +44,8 @@ SLOW = frozenset({
     "convnext_large", "efficientnet_b7", "efficientnet_v2_l", "regnet_x_32gf", "regnet_y_32gf",
     "regnet_y_128gf", "vit_h_14", "vit_l_16", "vit_l_32", "wide_resnet101_2",
 })
-TIMEOUT_S = 600
+SURGERY_TIMEOUT_S = 60  # one surgery; Torch-Pruning hangs on swin / maxvit for minutes
+TIMEOUT_S = 900  # backstop for the whole subprocess
 
 
 def prune_with_surgeon(model: nn.Module, x: torch.Tensor) -> nn.Module:
@@ -112,14 +116,23 @@ def _warm_up() -> None:
             pass
 
 
+def _time_out(signum: int, frame: object) -> None:
+    raise TimeoutError(f"surgery took over {SURGERY_TIMEOUT_S} s")
+
+
 def _prune_once(tool: str, name: str, x: torch.Tensor) -> tuple[nn.Module, float, float | None]:
     """Prune a freshly built model: the result, seconds, and peak extra memory in MiB."""
     model = _build(name)
     gc.collect()
     resettable = _reset_peak_rss()
     base = _status("VmRSS")
+    signal.signal(signal.SIGALRM, _time_out)
+    signal.alarm(SURGERY_TIMEOUT_S)
     start = time.perf_counter()
-    model = PRUNERS[tool](model, x)
+    try:
+        model = PRUNERS[tool](model, x)
+    finally:
+        signal.alarm(0)
     seconds = time.perf_counter() - start
     peak = _status("VmHWM")
     return model, seconds, (peak - base) / 2**20 if resettable and peak and base else None
@@ -234,11 +247,7 @@ def markdown(rows: list[dict], image: Path | None) -> str:
 
 def plot(rows: list[dict]) -> Path | None:
     """Log-log scatter: surgeon seconds against Torch-Pruning seconds, with y = x and y = x/2."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     by = {(r["model"], r["tool"]): r for r in rows if r.get("ok")}
     pairs = [(m, by[m, "torch-pruning"]["seconds"], by[m, "surgeon"]["seconds"])
              for m, t in by if t == "surgeon" and (m, "torch-pruning") in by]
@@ -256,12 +265,7 @@ def plot(rows: list[dict]) -> Path | None:
     ax.set(xscale="log", yscale="log", xlabel="Torch-Pruning surgery time (s)",
            ylabel="surgeon surgery time (s)", title=f"Surgery time, ratio {RATIO}, 1 thread")
     ax.legend()
-    IMAGES.mkdir(parents=True, exist_ok=True)
-    path = IMAGES / "coverage_time.png"
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, "coverage_time")
 
 
 def main() -> None:
@@ -271,8 +275,8 @@ def main() -> None:
     tier.add_argument("--slow", action="store_true", help="include the largest models")
     tier.add_argument("--models", nargs="+", help="these torchvision model names only")
     tier.add_argument("--child", help=argparse.SUPPRESS)
-    parser.add_argument("--timeout", type=float, default=TIMEOUT_S, help="seconds per model")
-    parser.add_argument("--repeats", type=int, default=3, help="surgeries per tool; best time kept")
+    parser.add_argument("--timeout", type=float, default=TIMEOUT_S, help="seconds per subprocess")
+    parser.add_argument("--repeats", type=int, default=2, help="surgeries per tool; best time kept")
     args = parser.parse_args()
     if args.child:
         return child(args.child, repeats=args.repeats)
@@ -283,10 +287,10 @@ def main() -> None:
         start = time.perf_counter()
         for row in run_model(name, repeats=args.repeats, timeout=args.timeout):
             rows[row["model"], row["tool"]] = row
+        write_results("coverage", sorted(rows.values(), key=lambda r: (r["model"], r["tool"])))
         verdicts = " ".join(f"{t}={'ok' if rows[name, t].get('ok') else 'fail'}" for t in TOOLS)
         print(f"[{i}/{len(models)}] {name}: {verdicts} ({time.perf_counter() - start:.0f} s)", flush=True)
     ordered = sorted(rows.values(), key=lambda r: (r["model"], r["tool"]))
-    write_results("coverage", ordered)
     print(write_section("coverage", markdown(ordered, plot(ordered))))
 
 

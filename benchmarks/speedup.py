@@ -6,7 +6,7 @@ CPUExecutionProvider and PyTorch, threads pinned, median of repeated runs after 
 Keep = slim / unpruned.
 
 Usage:
-    python benchmarks/speedup.py               # all models, ratios and round_to (~15 min, 2 cores)
+    python benchmarks/speedup.py               # all models, ratios and round_to (~8 min, 2 cores)
     python benchmarks/speedup.py --quick       # resnet50 and mobilenet_v2 at ratio 0.5
     python benchmarks/speedup.py --models vit_b_16 --threads 2
 Results are merged into benchmarks/results/speedup.json (rows keyed by model, ratio and
@@ -24,7 +24,9 @@ import torch
 import torchvision
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import IMAGES, environment, read_results, write_results, write_section  # noqa: E402
+from common import (  # noqa: E402
+    environment, pyplot, read_results, save_figure, write_results, write_section,
+)
 
 import surgeon  # noqa: E402
 from surgeon.measure import Measurement, measure  # noqa: E402
@@ -140,15 +142,11 @@ def markdown(rows: list[dict], image: Path | None, *, threads: int, repeats: int
 
 def plot(rows: list[dict]) -> Path | None:
     """Latency keep against MAC keep: a colour per model; round_to 1 hollow, 8 filled, 16 square."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     done = [r for r in rows if r["ok"] and r["ratio"] > 0]
     if not done:
         return None
-    fig, ax = plt.subplots(figsize=(6.5, 5))
+    fig, ax = plt.subplots(figsize=(9, 5))
     colours = dict(zip(MODELS, plt.rcParams["axes.prop_cycle"].by_key()["color"]))
     for model in dict.fromkeys(r["model"] for r in done):
         colour = colours.get(model, "k")
@@ -160,20 +158,17 @@ def plot(rows: list[dict]) -> Path | None:
                            label=f"{model}, round_to={round_to}")
     ax.plot([0, 1], [0, 1], "k--", lw=0.8, label="latency keep = MAC keep")
     ax.plot([0, 1], [0, TARGET_SLACK], "r:", lw=1.0, label=f"target: {TARGET_SLACK}× MAC keep")
-    ax.set(xlim=(0, 1), ylim=(0, 1.1), xlabel="MAC keep (slim / unpruned)",
+    top = max(1.1, max(r["onnx_keep"] for r in done) + 0.05)
+    ax.set(xlim=(0, 1), ylim=(0, top), xlabel="MAC keep (slim / unpruned)",
            ylabel="onnxruntime CPU latency keep", title="Latency keep vs MAC keep, batch 1")
-    ax.legend(fontsize=7, loc="upper left")
-    IMAGES.mkdir(parents=True, exist_ok=True)
-    path = IMAGES / "speedup.png"
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
+    return save_figure(fig, "speedup")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="ratio 0.5 only; resnet50 and mobilenet_v2")
+    parser.add_argument("--quick", action="store_true",
+                        help="ratio 0.5 only; resnet50 and mobilenet_v2")
     parser.add_argument("--models", nargs="+", help=f"default: {' '.join(MODELS)}")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=30)

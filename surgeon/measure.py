@@ -132,7 +132,7 @@ def measure(
 
     Example:
         >>> m = measure(torchvision.models.resnet18(weights=None), torch.randn(1, 3, 224, 224))
-        >>> m.macs  # 1.82 G
+        >>> m.macs  # 1.81 G
         1814073344
     """
     if repeats < 1 or warmup < 0:
