@@ -13,7 +13,10 @@ from typing import Any
 
 import torch
 from torch import fx, nn
-from torch.fx.passes.shape_prop import ShapeProp
+from torch._subclasses.fake_tensor import FakeTensorMode
+from torch.fx.node import map_aggregate
+from torch.fx.passes.fake_tensor_prop import FakeTensorProp
+from torch.fx.passes.shape_prop import ShapeProp, _extract_tensor_metadata
 
 from .errors import TraceError
 from .ops import lookup
@@ -126,11 +129,39 @@ def trace(model: nn.Module, inputs: tuple[torch.Tensor, ...], *,
     return graphs
 
 
+def _tensor_meta(value: Any) -> Any:
+    """ShapeProp-style `tensor_meta` of a (nested) fake-tensor value; None without tensors."""
+    found = False
+
+    def extract(v: Any) -> Any:
+        nonlocal found
+        if isinstance(v, torch.Tensor):
+            found = True
+            return _extract_tensor_metadata(v)
+        return v
+
+    meta = map_aggregate(value, extract)
+    return meta if found else None
+
+
 def _propagate_shapes(gm: fx.GraphModule, inputs: tuple[torch.Tensor, ...]) -> None:
-    prop = ShapeProp(gm)
+    """Shapes on every node: with fake tensors (no arithmetic) when every op supports them,
+    else by running the graph for real."""
     try:
         with torch.no_grad():
-            prop.propagate(*inputs)
+            FakeTensorProp(gm, FakeTensorMode(allow_non_fake_inputs=True)).propagate(*inputs)
+        for node in gm.graph.nodes:
+            meta = _tensor_meta(node.meta.pop("val", None))
+            if meta is not None:
+                node.meta["tensor_meta"] = meta
+        return
+    except Exception:  # an op without a fake-tensor kernel: fall back to a real run below
+        for node in gm.graph.nodes:
+            node.meta.pop("val", None)
+            node.meta.pop("tensor_meta", None)
+    try:
+        with torch.no_grad():
+            ShapeProp(gm).propagate(*inputs)
     except Exception as e:
         shapes = ", ".join(str(tuple(t.shape)) for t in inputs if isinstance(t, torch.Tensor))
         raise TraceError(

@@ -178,3 +178,19 @@ def test_analyze_prints_frozen_reason(capsys):
     out = capsys.readouterr().out
     assert "reaches the model output" in out and "prunable" in out
     assert any(g.frozen_units == g.units for g in plan.groups)
+
+
+def test_shapes_fall_back_to_a_real_run(monkeypatch):
+    import surgeon.trace
+
+    class NoFake:
+        def __init__(self, *args):
+            pass
+
+        def propagate(self, *args):
+            raise NotImplementedError("no fake kernel")
+
+    monkeypatch.setattr(surgeon.trace, "FakeTensorProp", NoFake)
+    model = small_resnet()
+    slim = surgeon.slim(model, 0.5, X)
+    assert slim.layer1[0].conv1.out_channels == 32 and surgeon.verify(model, slim).ok
