@@ -79,7 +79,8 @@ def as_inputs(example_inputs: Any) -> tuple[torch.Tensor, ...]:
 
 
 def infer_inputs(model: nn.Module, *, size: int = 224) -> tuple[torch.Tensor, ...]:
-    """A 1×C×size×size image batch for models whose first layer is a Conv2d."""
+    """A 1×C×size×size image batch for models whose first layer is a Conv2d (299 for models
+    with an auxiliary head, as Inception v3 / GoogLeNet, whose train-mode branch needs it)."""
     first = next((m for m in model.modules() if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear, nn.Embedding))), None)
     if not isinstance(first, nn.Conv2d):
         kind = type(first).__name__ if first is not None else "no conv/linear layer"
@@ -88,6 +89,8 @@ def infer_inputs(model: nn.Module, *, size: int = 224) -> tuple[torch.Tensor, ..
             "pass example_inputs=..., e.g. surgeon.slim(model, 0.5, torch.randn(1, 16))"
         )
     p = next(model.parameters())
+    if getattr(model, "aux_logits", False):
+        size = max(size, 299)
     return (torch.randn(1, first.in_channels, size, size, dtype=p.dtype, device=p.device),)
 
 
@@ -124,8 +127,8 @@ def trace(model: nn.Module, inputs: tuple[torch.Tensor, ...], *,
             if not graphs or not _same(graphs[0], gm):
                 graphs.append(gm)
         model.eval()
-        for gm in graphs:
-            _propagate_shapes(gm, inputs)
+        for i, gm in enumerate(graphs):
+            _propagate_shapes(gm, inputs, train_only=i > 0)
     return graphs
 
 
@@ -144,7 +147,7 @@ def _tensor_meta(value: Any) -> Any:
     return meta if found else None
 
 
-def _propagate_shapes(gm: fx.GraphModule, inputs: tuple[torch.Tensor, ...]) -> None:
+def _propagate_shapes(gm: fx.GraphModule, inputs: tuple[torch.Tensor, ...], *, train_only: bool) -> None:
     """Shapes on every node: with fake tensors (no arithmetic) when every op supports them,
     else by running the graph for real."""
     try:
@@ -164,7 +167,10 @@ def _propagate_shapes(gm: fx.GraphModule, inputs: tuple[torch.Tensor, ...]) -> N
             ShapeProp(gm).propagate(*inputs)
     except Exception as e:
         shapes = ", ".join(str(tuple(t.shape)) for t in inputs if isinstance(t, torch.Tensor))
+        which = ("its train-mode graph (layers that only run in training, such as an auxiliary "
+                 "head, are sliced too, so they must run)") if train_only else gm.__class__.__name__
         raise TraceError(
-            f"running {gm.__class__.__name__} on example inputs of shape {shapes} failed: {e}. "
-            "Pass example_inputs that the model's forward accepts."
+            f"running {which} on example inputs of shape {shapes} failed: {e}. "
+            "Pass example_inputs that the model's forward accepts in train and eval mode "
+            "(Inception v3 needs 299×299)."
         ) from e

@@ -194,3 +194,10 @@ def test_shapes_fall_back_to_a_real_run(monkeypatch):
     model = small_resnet()
     slim = surgeon.slim(model, 0.5, X)
     assert slim.layer1[0].conv1.out_channels == 32 and surgeon.verify(model, slim).ok
+
+
+def test_train_only_branch_needs_inputs_it_accepts():
+    model = torchvision.models.inception_v3(init_weights=False)
+    with pytest.raises(surgeon.TraceError, match="train-mode graph"):
+        surgeon.plan(model, 0.5, torch.randn(1, 3, 224, 224))
+    assert surgeon.plan(model, 0.5).removed  # inferred inputs: 299×299
