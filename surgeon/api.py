@@ -16,8 +16,8 @@ from .importance import Importance, check_importance, score_units
 from .ops import Options
 from .plan import Plan, make_plan, select
 from .rebuild import Undo, clone, rebuild
-from .trace import as_inputs, infer_inputs, modes_kept, trace
-from .verify import remember
+from .trace import as_inputs, infer_inputs, trace
+from .verify import outputs, remember
 
 __all__ = ["plan", "slim", "analyze", "Settings"]
 
@@ -76,12 +76,6 @@ def plan(model: nn.Module, ratio: float, example_inputs: Any = None, *, ignore: 
     return _plan(model, _inputs(model, example_inputs), s)[0]
 
 
-def _output_shapes(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> list[tuple[int, ...]]:
-    with modes_kept(model), torch.no_grad():
-        model.eval()
-        return [tuple(t.shape) for t in tree_leaves(model(*inputs)) if isinstance(t, torch.Tensor)]
-
-
 def slim(model: nn.Module, ratio: float, example_inputs: Any = None, *, ignore: Ignore = (),
          importance: Importance = "l2", round_to: int = 1, prune_heads: bool = True,
          prune_head_dims: bool = False, prune_embed: bool = False, inplace: bool = False,
@@ -116,7 +110,7 @@ def slim(model: nn.Module, ratio: float, example_inputs: Any = None, *, ignore: 
     undo = Undo([], [])
     try:
         rebuild(target, p, undo=undo)
-        got = _output_shapes(target, inputs)
+        got = [tuple(t.shape) for t in outputs(target, inputs)]
         if got != expected:
             raise SurgeonError(f"output shapes changed from {expected} to {got}: please report this model")
     except Exception as e:

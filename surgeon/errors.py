@@ -1,11 +1,15 @@
 """Exception classes: every error surgeon raises is a `SurgeonError`."""
 from __future__ import annotations
 
-__all__ = ["SurgeonError", "TraceError", "HandlerError", "PlanError", "VerificationError"]
+__all__ = ["SurgeonError", "InputError", "TraceError", "HandlerError", "PlanError", "VerificationError"]
 
 
 class SurgeonError(Exception):
     """Base class of all surgeon errors."""
+
+
+class InputError(SurgeonError, TypeError):
+    """Example inputs of the wrong kind (not a tensor or a tuple of tensors)."""
 
 
 class TraceError(SurgeonError):

@@ -12,11 +12,10 @@ Example:
 """
 from __future__ import annotations
 
-import contextlib
 import importlib
 import os
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -28,6 +27,8 @@ from torch import nn
 from torch.utils._pytree import tree_leaves
 
 from .errors import SurgeonError
+from .trace import as_inputs, eval_mode
+from .verify import relative_error
 
 __all__ = [
     "ExampleInputs",
@@ -37,11 +38,8 @@ __all__ = [
     "OnnxResult",
     "TOLERANCE",
     "MIN_OPSET",
-    "as_inputs",
-    "eval_mode",
     "export_onnx",
     "onnx_session",
-    "relative_error",
     "require",
 ]
 
@@ -103,51 +101,6 @@ def require(name: str) -> ModuleType:
             f"{name!r} is not installed; ONNX export and measurement need the onnx extra: "
             "pip install 'surgeon[onnx]'"
         ) from e
-
-
-def as_inputs(example_inputs: ExampleInputs) -> tuple[torch.Tensor, ...]:
-    """Normalise a tensor or a sequence of tensors to a tuple of positional inputs.
-
-    Example:
-        >>> as_inputs(torch.zeros(1, 3))[0].shape
-        torch.Size([1, 3])
-    """
-    inputs = (example_inputs,) if isinstance(example_inputs, torch.Tensor) else tuple(example_inputs)
-    if not inputs or not all(isinstance(x, torch.Tensor) for x in inputs):
-        kinds = [type(x).__name__ for x in inputs]
-        raise SurgeonError(
-            f"example_inputs must be a tensor or a non-empty tuple of tensors, got {kinds}; "
-            "pass the positional inputs of model.forward, e.g. torch.randn(1, 3, 224, 224)"
-        )
-    return inputs
-
-
-@contextlib.contextmanager
-def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """Put every submodule in eval mode, then restore each one's own train/eval flag.
-
-    Example:
-        >>> with eval_mode(model), torch.no_grad():
-        ...     y = model(x)
-    """
-    modes = {m: m.training for m in model.modules()}
-    model.eval()
-    try:
-        yield model
-    finally:
-        for module, training in modes.items():
-            module.training = training
-
-
-def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
-    """Largest absolute difference divided by the largest magnitude of `expected`.
-
-    Example:
-        >>> relative_error(torch.tensor([1.0, 2.0]), torch.tensor([1.0, 2.002]))  # ≈ 1e-3
-    """
-    actual, expected = actual.double(), expected.double()
-    scale = expected.abs().max().clamp_min(torch.finfo(torch.float64).tiny)
-    return float((actual - expected).abs().max() / scale) if expected.numel() else 0.0
 
 
 def onnx_session(path: str | os.PathLike, *, threads: int | None = None) -> Any:

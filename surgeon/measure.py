@@ -31,7 +31,8 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from .errors import SurgeonError
-from .export import ExampleInputs, as_inputs, eval_mode, export_onnx, onnx_session
+from .export import ExampleInputs, export_onnx, onnx_session
+from .trace import as_inputs, eval_mode
 
 __all__ = ["Measurement", "compare", "count_macs", "count_params", "measure", "pinned_threads"]
 

@@ -18,10 +18,10 @@ from torch.fx.node import map_aggregate
 from torch.fx.passes.fake_tensor_prop import FakeTensorProp
 from torch.fx.passes.shape_prop import ShapeProp, _extract_tensor_metadata
 
-from .errors import TraceError
+from .errors import InputError, TraceError
 from .ops import lookup
 
-__all__ = ["as_inputs", "infer_inputs", "trace", "modes_kept"]
+__all__ = ["as_inputs", "infer_inputs", "trace", "eval_mode"]
 
 _HOW_TO = (
     "To make it traceable: pass `leaf_modules=(TheModuleClass,)` so surgeon treats that module "
@@ -57,25 +57,39 @@ class _Tracer(fx.Tracer):
 
 
 @contextmanager
-def modes_kept(model: nn.Module) -> Iterator[None]:
-    """Restore every submodule's train/eval flag on exit."""
-    flags = [(m, m.training) for m in model.modules()]
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Put every submodule in eval mode, then restore each one's own train/eval flag.
+
+    Example:
+        >>> with eval_mode(model), torch.no_grad():
+        ...     y = model(x)
+    """
+    modes = {m: m.training for m in model.modules()}
+    model.eval()
     try:
-        yield
+        yield model
     finally:
-        for m, flag in flags:
-            m.training = flag
+        for module, training in modes.items():
+            module.training = training
 
 
 def as_inputs(example_inputs: Any) -> tuple[torch.Tensor, ...]:
-    """Normalise example inputs to a tuple of positional arguments."""
+    """Normalise a tensor or a sequence of tensors to a tuple of positional inputs.
+
+    Example:
+        >>> as_inputs(torch.zeros(1, 3))[0].shape
+        torch.Size([1, 3])
+    """
     if isinstance(example_inputs, torch.Tensor):
         return (example_inputs,)
-    if isinstance(example_inputs, (tuple, list)) and example_inputs:
-        return tuple(example_inputs)
-    raise TypeError(
-        f"example_inputs must be a tensor or a non-empty tuple of tensors, got {type(example_inputs).__name__}"
-    )
+    inputs = tuple(example_inputs) if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
+    if not inputs or not all(isinstance(x, torch.Tensor) for x in inputs):
+        kinds = [type(x).__name__ for x in inputs]
+        raise InputError(
+            f"example_inputs must be a tensor or a non-empty tuple of tensors, got {kinds}; "
+            "pass the positional inputs of model.forward, e.g. torch.randn(1, 3, 224, 224)"
+        )
+    return inputs
 
 
 def infer_inputs(model: nn.Module, *, size: int = 224) -> tuple[torch.Tensor, ...]:
@@ -119,7 +133,7 @@ def _same(a: fx.GraphModule, b: fx.GraphModule) -> bool:
 def trace(model: nn.Module, inputs: tuple[torch.Tensor, ...], *,
           leaf_modules: Sequence[type | str] = ()) -> list[fx.GraphModule]:
     """Graphs of `model` (eval mode first, then train mode when it differs) with `tensor_meta`."""
-    with modes_kept(model):
+    with eval_mode(model):
         graphs = []
         for training in (False, True):
             model.train(training)

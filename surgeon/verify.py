@@ -20,9 +20,9 @@ from torch.utils._pytree import tree_leaves
 from .errors import PlanError, VerificationError
 from .plan import Plan
 from .rebuild import rebuild
-from .trace import as_inputs, infer_inputs, modes_kept
+from .trace import as_inputs, eval_mode, infer_inputs
 
-__all__ = ["Report", "verify", "remember"]
+__all__ = ["Report", "verify", "remember", "relative_error"]
 
 _PLANS: weakref.WeakKeyDictionary[nn.Module, tuple[Plan, tuple[torch.Tensor, ...]]] = weakref.WeakKeyDictionary()
 
@@ -49,15 +49,21 @@ class Report:
                 f"{len(self.checked)} pruned groups checked, {len(self.unchecked)} inexact not checked)")
 
 
-def _outputs(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> list[torch.Tensor]:
-    with modes_kept(model), torch.no_grad():
-        model.eval()
+def outputs(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> list[torch.Tensor]:
+    """Every output tensor of an eval-mode forward (dicts, tuples and namedtuples flattened)."""
+    with eval_mode(model), torch.no_grad():
         return [t for t in tree_leaves(model(*inputs)) if isinstance(t, torch.Tensor)]
 
 
-def _rel_error(a: torch.Tensor, b: torch.Tensor) -> float:
-    a, b = a.double(), b.double()
-    return float((a - b).norm() / b.norm().clamp_min(1e-12))
+def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    """Largest absolute difference divided by the largest magnitude of `expected`.
+
+    Example:
+        >>> relative_error(torch.tensor([1.0, 2.0]), torch.tensor([1.0, 2.002]))  # ≈ 1e-3
+    """
+    actual, expected = actual.double(), expected.double()
+    scale = expected.abs().max().clamp_min(torch.finfo(torch.float64).tiny)
+    return float((actual - expected).abs().max() / scale) if expected.numel() else 0.0
 
 
 def verify(original: nn.Module, slim: nn.Module, example_inputs: Any = None, *,
@@ -69,7 +75,7 @@ def verify(original: nn.Module, slim: nn.Module, example_inputs: Any = None, *,
         slim: the model returned by `surgeon.slim` (or `plan.apply`).
         example_inputs: inputs to compare on; defaults to those used for slimming.
         plan: the plan that made `slim`; defaults to the one recorded by `surgeon.slim`.
-        tolerance: largest accepted relative error ‖slim − reference‖ / ‖reference‖.
+        tolerance: largest accepted relative error max|slim − reference| / max|reference|.
         strict: raise `VerificationError` instead of returning a failing report.
 
     Example:
@@ -88,9 +94,9 @@ def verify(original: nn.Module, slim: nn.Module, example_inputs: Any = None, *,
         inputs = as_inputs(example_inputs)
     reference = copy.deepcopy(original)
     rebuild(reference, plan, reference=True)
-    expected, got = _outputs(reference, inputs), _outputs(slim, inputs)
+    expected, got = outputs(reference, inputs), outputs(slim, inputs)
     shapes_equal = [t.shape for t in expected] == [t.shape for t in got]
-    err = max((_rel_error(a, b) for a, b in zip(got, expected)), default=0.0) if shapes_equal else float("inf")
+    err = max((relative_error(a, b) for a, b in zip(got, expected)), default=0.0) if shapes_equal else float("inf")
     pruned = [(g, r) for g, r in zip(plan.groups, plan.removed) if r]
     report = Report(
         ok=shapes_equal and err <= tolerance,

@@ -17,8 +17,8 @@ from surgeon.export import (
     OnnxMismatchError,
     export_onnx,
     onnx_session,
-    relative_error,
 )
+from surgeon.verify import relative_error
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
