@@ -17,7 +17,7 @@ from .ops import Options
 from .plan import Plan, make_plan, select
 from .rebuild import Undo, clone, rebuild
 from .trace import as_inputs, infer_inputs, trace
-from .verify import outputs, remember
+from .verify import output_shapes, remember
 
 __all__ = ["plan", "slim", "analyze", "Settings"]
 
@@ -110,7 +110,7 @@ def slim(model: nn.Module, ratio: float, example_inputs: Any = None, *, ignore: 
     undo = Undo([], [])
     try:
         rebuild(target, p, undo=undo)
-        got = [tuple(t.shape) for t in outputs(target, inputs)]
+        got = output_shapes(target, inputs)
         if got != expected:
             raise SurgeonError(f"output shapes changed from {expected} to {got}: please report this model")
     except Exception as e:

@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.utils._pytree import tree_leaves
 
 from .errors import PlanError, VerificationError
@@ -22,7 +23,7 @@ from .plan import Plan
 from .rebuild import rebuild
 from .trace import as_inputs, eval_mode, infer_inputs
 
-__all__ = ["Report", "verify", "remember", "relative_error"]
+__all__ = ["Report", "verify", "remember", "relative_error", "outputs", "output_shapes"]
 
 _PLANS: weakref.WeakKeyDictionary[nn.Module, tuple[Plan, tuple[torch.Tensor, ...]]] = weakref.WeakKeyDictionary()
 
@@ -53,6 +54,17 @@ def outputs(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> list[torch.Te
     """Every output tensor of an eval-mode forward (dicts, tuples and namedtuples flattened)."""
     with eval_mode(model), torch.no_grad():
         return [t for t in tree_leaves(model(*inputs)) if isinstance(t, torch.Tensor)]
+
+
+def output_shapes(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> list[tuple[int, ...]]:
+    """Shapes of `outputs(model, inputs)`, from fake tensors when every op allows (no
+    arithmetic), else from a real run — whose error, if any, is the one raised."""
+    try:
+        with FakeTensorMode(allow_non_fake_inputs=True) as mode:
+            fake = tuple(mode.from_tensor(t) for t in inputs)
+            return [tuple(t.shape) for t in outputs(model, fake)]
+    except Exception:  # no fake kernel, or a real failure the real run below reports
+        return [tuple(t.shape) for t in outputs(model, inputs)]
 
 
 def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
