@@ -21,7 +21,16 @@ from torch.fx.passes.shape_prop import ShapeProp, _extract_tensor_metadata
 from .errors import InputError, TraceError
 from .ops import lookup
 
-__all__ = ["as_inputs", "infer_inputs", "trace", "eval_mode"]
+__all__ = ["as_inputs", "infer_inputs", "trace", "eval_mode", "prefer_fake"]
+
+FAKE_ABOVE = 50_000_000
+"""Parameter count above which shapes come from fake tensors: a real forward of a large model
+costs more than fake-tensor dispatch (which is slower than a real run on small models)."""
+
+
+def prefer_fake(model: nn.Module) -> bool:
+    """Whether shape-only runs of `model` should use fake tensors."""
+    return sum(p.numel() for p in model.parameters()) > FAKE_ABOVE
 
 _HOW_TO = (
     "To make it traceable: pass `leaf_modules=(TheModuleClass,)` so surgeon treats that module "
@@ -141,8 +150,9 @@ def trace(model: nn.Module, inputs: tuple[torch.Tensor, ...], *,
             if not graphs or not _same(graphs[0], gm):
                 graphs.append(gm)
         model.eval()
+        fake = prefer_fake(model)
         for i, gm in enumerate(graphs):
-            _propagate_shapes(gm, inputs, train_only=i > 0)
+            _propagate_shapes(gm, inputs, train_only=i > 0, fake=fake)
     return graphs
 
 
@@ -161,21 +171,29 @@ def _tensor_meta(value: Any) -> Any:
     return meta if found else None
 
 
-def _propagate_shapes(gm: fx.GraphModule, inputs: tuple[torch.Tensor, ...], *, train_only: bool) -> None:
-    """Shapes on every node: with fake tensors (no arithmetic) when every op supports them,
-    else by running the graph for real."""
+def _fake_shapes(gm: fx.GraphModule, inputs: tuple[torch.Tensor, ...]) -> bool:
+    """`tensor_meta` from a fake-tensor run; False (and nothing left behind) if an op lacks a
+    fake kernel."""
     try:
         with torch.no_grad():
             FakeTensorProp(gm, FakeTensorMode(allow_non_fake_inputs=True)).propagate(*inputs)
-        for node in gm.graph.nodes:
-            meta = _tensor_meta(node.meta.pop("val", None))
-            if meta is not None:
-                node.meta["tensor_meta"] = meta
-        return
-    except Exception:  # an op without a fake-tensor kernel: fall back to a real run below
+    except Exception:  # an op without a fake-tensor kernel: the caller runs it for real
         for node in gm.graph.nodes:
             node.meta.pop("val", None)
-            node.meta.pop("tensor_meta", None)
+        return False
+    for node in gm.graph.nodes:
+        meta = _tensor_meta(node.meta.pop("val", None))
+        if meta is not None:
+            node.meta["tensor_meta"] = meta
+    return True
+
+
+def _propagate_shapes(gm: fx.GraphModule, inputs: tuple[torch.Tensor, ...], *, train_only: bool,
+                      fake: bool) -> None:
+    """Shapes on every node: with fake tensors (no arithmetic) for large models when every op
+    supports them, else by running the graph for real."""
+    if fake and _fake_shapes(gm, inputs):
+        return
     try:
         with torch.no_grad():
             ShapeProp(gm).propagate(*inputs)

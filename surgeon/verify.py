@@ -21,7 +21,7 @@ from torch.utils._pytree import tree_leaves
 from .errors import PlanError, VerificationError
 from .plan import Plan
 from .rebuild import rebuild
-from .trace import as_inputs, eval_mode, infer_inputs
+from .trace import as_inputs, eval_mode, infer_inputs, prefer_fake
 
 __all__ = ["Report", "verify", "remember", "relative_error", "outputs", "output_shapes"]
 
@@ -57,14 +57,16 @@ def outputs(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> list[torch.Te
 
 
 def output_shapes(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> list[tuple[int, ...]]:
-    """Shapes of `outputs(model, inputs)`, from fake tensors when every op allows (no
-    arithmetic), else from a real run — whose error, if any, is the one raised."""
-    try:
-        with FakeTensorMode(allow_non_fake_inputs=True) as mode:
-            fake = tuple(mode.from_tensor(t) for t in inputs)
-            return [tuple(t.shape) for t in outputs(model, fake)]
-    except Exception:  # no fake kernel, or a real failure the real run below reports
-        return [tuple(t.shape) for t in outputs(model, inputs)]
+    """Shapes of `outputs(model, inputs)`: for a large model from fake tensors (no arithmetic)
+    when every op allows, else from a real run — whose error, if any, is the one raised."""
+    if prefer_fake(model):
+        try:
+            with FakeTensorMode(allow_non_fake_inputs=True) as mode:
+                fake = tuple(mode.from_tensor(t) for t in inputs)
+                return [tuple(t.shape) for t in outputs(model, fake)]
+        except Exception:  # no fake kernel, or a real failure the real run below reports
+            pass
+    return [tuple(t.shape) for t in outputs(model, inputs)]
 
 
 def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:

@@ -180,7 +180,8 @@ def test_analyze_prints_frozen_reason(capsys):
     assert any(g.frozen_units == g.units for g in plan.groups)
 
 
-def test_shapes_fall_back_to_a_real_run(monkeypatch):
+@pytest.mark.parametrize("fake_kernels", [True, False])
+def test_shapes_from_fake_tensors_or_a_real_run(monkeypatch, fake_kernels):
     import surgeon.trace
 
     class NoFake:
@@ -190,7 +191,9 @@ def test_shapes_fall_back_to_a_real_run(monkeypatch):
         def propagate(self, *args):
             raise NotImplementedError("no fake kernel")
 
-    monkeypatch.setattr(surgeon.trace, "FakeTensorProp", NoFake)
+    if not fake_kernels:
+        monkeypatch.setattr(surgeon.trace, "FakeTensorProp", NoFake)
+    monkeypatch.setattr(surgeon.trace, "FAKE_ABOVE", 0)
     model = small_resnet()
     slim = surgeon.slim(model, 0.5, X)
     assert slim.layer1[0].conv1.out_channels == 32 and surgeon.verify(model, slim).ok
