@@ -6,7 +6,6 @@ LocalResponseNorm) compute statistics over the channels: removal is marked inexa
 """
 from __future__ import annotations
 
-import numpy as np
 import torch.nn.functional as F
 from torch import nn
 
