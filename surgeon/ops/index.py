@@ -58,15 +58,14 @@ def split(ctx: Ctx) -> tuple:
     x = ctx.lab(ctx.node.args[0])
     name = getattr(ctx.node.target, "__name__", ctx.node.target)
     how = ctx.arg(1, "split_size_or_sections" if name == "split" else "chunks")
-    default_dim = 0
-    d = ctx.arg(1 if name == "unbind" else 2, "dim", default_dim) % len(x)
+    d = ctx.arg(1 if name == "unbind" else 2, "dim", 0) % len(x)
     pieces = ctx.node.meta["tensor_meta"]
     sizes = [p.shape[d] if name != "unbind" else 1 for p in pieces]
     out = list(empty(pieces))
     lab = x[d]
     if lab is not None:
         by_count = name in ("chunk", "split") and isinstance(how, int) and len(set(sizes)) == 1
-        if by_count and name != "unbind":
+        if by_count:
             lab = ctx.merge(list(lab.reshape(len(sizes), -1)))
         else:
             ctx.freeze(lab, f"{name} with literal sizes on a labelled dimension")
