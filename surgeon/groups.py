@@ -67,15 +67,19 @@ def _node_step(node: fx.Node, dg: DepGraph, env: dict, names: Names, options: Op
     if meta is None:
         return size_value(ctx)
     handler = lookup(ctx.module if node.op == "call_module" else node.target)
+    inputs = ctx.lab(list(node.args) + list(node.kwargs.values()))
     if handler is None:
-        inputs = ctx.lab(list(node.args) + list(node.kwargs.values()))
         if is_labelled(inputs):
             ctx.freeze(inputs, "no handler for this op; its inputs' channels are kept")
         return empty(meta)
+    first_new = dg.n_atoms
     try:
         return handler(ctx)
-    except (IndexError, KeyError, ValueError, TypeError, AttributeError) as e:
-        raise HandlerError(f"{ctx.where}: handler {handler.__name__} failed on {node.format_node()}: {e}") from e
+    except (HandlerError, IndexError, KeyError, ValueError, TypeError, AttributeError) as e:
+        ctx.freeze(inputs, f"handler {handler.__name__} cannot handle {node.format_node()} ({e}); "
+                           "its channels are kept")
+        dg.freeze(np.arange(first_new, dg.n_atoms), f"{ctx.where}: created by a failed handler")
+        return empty(meta)
 
 
 def _attr(model: nn.Module, target: str) -> object:

@@ -311,3 +311,19 @@ def test_size_read_from_another_tensor_keeps_counts_equal():
     model = SizedFrom()
     slim, _ = roundtrip(model, torch.randn(2, 3, 4))
     assert slim.stem.out_features == slim.inner.out_features
+
+
+def test_a_failing_handler_freezes_instead_of_guessing(monkeypatch):
+    from surgeon.ops import registry
+
+    def broken(ctx):
+        ctx.param("weight", 0, active=True)
+        raise ValueError("cannot read this layout")
+
+    monkeypatch.setitem(registry._HANDLERS, nn.BatchNorm2d, broken)
+    model = Residual()
+    plan = surgeon.plan(model, 0.5, torch.randn(1, 3, 8, 8))
+    reasons = [w for g in plan.groups for w in g.frozen_why]
+    assert any("cannot read this layout" in w for w in reasons)
+    slim = plan.apply(model)
+    assert surgeon.verify(model, slim, torch.randn(1, 3, 8, 8), plan=plan).ok
