@@ -149,16 +149,7 @@ def random_importance(seed: int) -> Callable[[torch.Tensor, int], torch.Tensor]:
 def recalibrated(model: nn.Module, data: Data) -> nn.Module:
     """A copy whose BatchNorm statistics are re-estimated on the training images (no gradient
     step): removing channels shifts the statistics the next layers were trained with."""
-    model = copy.deepcopy(model)
-    for module in model.modules():
-        if isinstance(module, nn.modules.batchnorm._BatchNorm):
-            module.reset_running_stats()
-            module.momentum = None  # a cumulative average over all batches
-    model.train()
-    with torch.no_grad():
-        for x, _ in batches(data, seed=0):
-            model(x)
-    return model
+    return surgeon.recalibrate(copy.deepcopy(model), (x for x, _ in batches(data, seed=0)))
 
 
 def ranking(dense: nn.Module, data: Data, settings: Settings) -> list[dict]:

@@ -13,10 +13,11 @@ from .errors import HandlerError, PlanError, SurgeonError, TraceError, Verificat
 from .export import OnnxMismatchError, export_onnx
 from .measure import compare, measure
 from .plan import Plan
+from .recalibrate import recalibrate
 from .verify import Report, verify
 
 __all__ = [
-    "slim", "plan", "analyze", "verify", "Plan", "Report",
+    "slim", "plan", "analyze", "verify", "recalibrate", "Plan", "Report",
     "masks", "schedule", "lottery", "distributed",
     "export_onnx", "measure", "compare", "OnnxMismatchError",
     "SurgeonError", "TraceError", "HandlerError", "PlanError", "VerificationError",

@@ -35,11 +35,8 @@ def liven(model: nn.Module, x: torch.Tensor) -> nn.Module:
             elif isinstance(m, nn.BatchNorm2d):
                 m.weight.copy_(torch.rand(m.weight.shape, generator=g) + 0.5)
                 m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.1)
-                m.reset_running_stats()
-                m.momentum = None
-        model.train()
-        model(x.repeat(4, 1, 1, 1) + 0.1 * torch.randn((4 * len(x), *x.shape[1:]), generator=g))
-    return model.eval()
+    batch = x.repeat(4, 1, 1, 1) + 0.1 * torch.randn((4 * len(x), *x.shape[1:]), generator=g)
+    return surgeon.recalibrate(model, [batch]).eval()
 
 
 def outputs(model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
