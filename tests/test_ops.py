@@ -327,3 +327,17 @@ def test_a_failing_handler_freezes_instead_of_guessing(monkeypatch):
     assert any("cannot read this layout" in w for w in reasons)
     slim = plan.apply(model)
     assert surgeon.verify(model, slim, torch.randn(1, 3, 8, 8), plan=plan).ok
+
+
+def test_view_to_another_tensors_shape():
+    class ViewAs(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b, self.c = nn.Conv2d(3, 8, 1), nn.Conv2d(3, 8, 1), nn.Conv2d(8, 2, 1)
+
+        def forward(self, x):
+            y = self.a(x)
+            return self.c(self.b(x).flatten(2).view(y.shape) + y)
+
+    slim, _ = roundtrip(ViewAs(), torch.randn(1, 3, 4, 4))
+    assert slim.a.out_channels == slim.b.out_channels == 4

@@ -115,12 +115,12 @@ def _match_sizes(ctx: Ctx, out: Labels, sizes: object) -> Labels:
 def view(ctx: Ctx) -> Labels:
     """`x.view(*shape)`, `x.reshape(shape)`, `torch.reshape(x, shape)`."""
     args = ctx.node.args[1:] or (ctx.node.kwargs.get("shape"),)
-    sizes = args[0] if len(args) == 1 and isinstance(args[0], (list, tuple)) else args
+    if len(args) == 1 and isinstance(args[0], torch.dtype):
+        return ctx.lab(ctx.arg(0))
+    sizes = args[0] if len(args) == 1 and isinstance(args[0], (list, tuple, fx.Node)) else args
     fixed = [_literal(s) for s in sizes] if not isinstance(sizes, fx.Node) else []
     if len(fixed) != len(ctx.out_shape):
         fixed = [False] * len(ctx.out_shape)
-    if len(args) == 1 and isinstance(args[0], torch.dtype):
-        return ctx.lab(ctx.arg(0))
     x = ctx.node.args[0]
     out = reshape_labels(ctx, ctx.lab(x), ctx.shape(x), ctx.out_shape, fixed)
     return _match_sizes(ctx, out, sizes)
