@@ -27,6 +27,19 @@ class Space:
     def __repr__(self) -> str:
         return f"{self.name}[{self.dim}]:{self.size}"
 
+    @property
+    def atoms(self) -> np.ndarray:
+        """The atom ids of this space."""
+        return np.arange(self.start, self.start + self.size, dtype=np.int64)
+
+
+def _present(atoms: np.ndarray | None) -> np.ndarray:
+    """The atoms in an array (entries ≥ 0); empty for None."""
+    if atoms is None:
+        return np.zeros(0, dtype=np.int64)
+    atoms = np.asarray(atoms)
+    return atoms[atoms >= 0]
+
 
 class DepGraph:
     """Atoms, spaces and their couplings, filled by the op handlers while walking the fx graph."""
@@ -53,12 +66,11 @@ class DepGraph:
             self.n_atoms += size
         if active:
             self.active.add(idx)
-        sp = self.spaces[idx]
-        return np.arange(sp.start, sp.start + sp.size, dtype=np.int64)
+        return self.spaces[idx].atoms
 
     def activate(self, atoms: np.ndarray | None) -> None:
         """Make the spaces holding `atoms` creators (their indices may be removed)."""
-        if atoms is not None and (atoms := np.asarray(atoms)[np.asarray(atoms) >= 0]).size:
+        if (atoms := _present(atoms)).size:
             self.active.update(np.unique(self.space_of(atoms)).tolist())
 
     def space_of(self, atoms: np.ndarray) -> np.ndarray:
@@ -75,12 +87,12 @@ class DepGraph:
 
     def freeze(self, atoms: np.ndarray | None, reason: str) -> None:
         """Pin atoms (and whatever is coupled to them): they are never removed."""
-        if atoms is not None and (atoms := np.asarray(atoms)[np.asarray(atoms) >= 0]).size:
+        if (atoms := _present(atoms)).size:
             self.frozen.append((atoms, reason))
 
     def mark_inexact(self, atoms: np.ndarray | None, reason: str) -> None:
         """Mark atoms whose removal changes a statistic (LayerNorm over channels, softmax …)."""
-        if atoms is not None and (atoms := np.asarray(atoms)[np.asarray(atoms) >= 0]).size:
+        if (atoms := _present(atoms)).size:
             self.inexact.append((atoms, reason))
 
     def track(self, module: str, attr: str, labels: np.ndarray) -> None:

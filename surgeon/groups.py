@@ -17,7 +17,7 @@ import torch
 from torch import fx, nn
 
 from .errors import HandlerError
-from .graph import DepGraph
+from .graph import DepGraph, Space
 from .labels import Labels, empty, is_labelled
 from .ops import Ctx, Names, Options, lookup
 from .ops.shape import size_value
@@ -107,8 +107,7 @@ def _freeze_ignored(model: nn.Module, dg: DepGraph, names: Names, ignore: Sequen
             name = names.of(t)
             for idx in (dg.by_key.get((name, d)) for d in range(t.dim())):
                 if idx is not None and idx in dg.active:
-                    sp = dg.spaces[idx]
-                    dg.freeze(np.arange(sp.start, sp.start + sp.size), f"ignored by the user ({label})")
+                    dg.freeze(dg.spaces[idx].atoms, f"ignored by the user ({label})")
 
 
 @dataclass
@@ -145,7 +144,7 @@ class Coupling:
         components = sorted(nx.connected_components(self.graph), key=min)
         self.members = []
         for spaces in components:
-            units = np.unique(np.concatenate([self._units_of_space(i) for i in spaces]))
+            units = np.unique(np.concatenate([self.units_of(self.dg.spaces[i]) for i in spaces]))
             self.group_of[units] = len(self.members)
             self.members.append(units)
         frozen_why, inexact_why = self._reasons(dg.frozen), self._reasons(dg.inexact)
@@ -156,8 +155,8 @@ class Coupling:
             for g, (spaces, units) in enumerate(zip(components, self.members))
         ]
 
-    def _units_of_space(self, i: int) -> np.ndarray:
-        sp = self.dg.spaces[i]
+    def units_of(self, sp: Space) -> np.ndarray:
+        """The unit of every index of a space."""
         return self.unit[sp.start : sp.start + sp.size]
 
     def _space_graph(self) -> nx.Graph:
@@ -165,7 +164,7 @@ class Coupling:
         graph = nx.Graph()
         graph.add_nodes_from(sorted(self.dg.active))
         pairs = np.concatenate([
-            np.stack([self._units_of_space(i), np.full(self.dg.spaces[i].size, i)], 1)
+            np.stack([self.units_of(self.dg.spaces[i]), np.full(self.dg.spaces[i].size, i)], 1)
             for i in sorted(self.dg.active)
         ]) if self.dg.active else np.zeros((0, 2), dtype=np.int64)
         pairs = np.unique(pairs, axis=0)

@@ -56,6 +56,6 @@ def score_units(model: nn.Module, coupling: Coupling, importance: Importance = "
         t = params.get(sp.name)
         if t is None:
             continue
-        units = coupling.unit[sp.start : sp.start + sp.size]
+        units = coupling.units_of(sp)
         np.add.at(score, units, _slice_scores(t, sp.dim, importance))
     return np.sqrt(score) if importance == "l2" else score

@@ -131,22 +131,18 @@ def select(coupling: Coupling, scores: np.ndarray, ratio: float, *, round_to: in
 def _keep_one_per_space(coupling: Coupling, scores: np.ndarray, removed: np.ndarray) -> None:
     """A layer must keep an output: restore the best unit of any emptied creating space."""
     for i in coupling.dg.active:
-        sp = coupling.dg.spaces[i]
-        units = coupling.unit[sp.start : sp.start + sp.size]
+        units = coupling.units_of(coupling.dg.spaces[i])
         if removed[units].all():
             removed[units[np.argmax(scores[units])]] = False
 
 
 def make_plan(coupling: Coupling, removed: np.ndarray, ratio: float, *, model: nn.Module) -> Plan:
     """Turn removed units into per-tensor cuts and size changes."""
-    inexact_group = np.array([not g.exact for g in coupling.groups] + [False])
-    gid = np.full(int(coupling.group_of.max(initial=0)) + 1, len(coupling.groups))
-    for i, units in enumerate(coupling.members):
-        gid[coupling.group_of[units]] = i
-    unit_inexact = inexact_group[gid[coupling.group_of]]
+    # group_of is -1 for units in no group: the trailing False
+    unit_inexact = np.array([not g.exact for g in coupling.groups] + [False])[coupling.group_of]
     cuts = []
     for sp in coupling.dg.spaces:
-        units = coupling.unit[sp.start : sp.start + sp.size]
+        units = coupling.units_of(sp)
         idx = np.flatnonzero(removed[units])
         if idx.size:
             cuts.append(Cut(sp.name, sp.dim, sp.size, tuple(idx.tolist()),
