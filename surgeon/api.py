@@ -16,6 +16,7 @@ from .importance import Importance, check_importance, score_units
 from .ops import Options
 from .plan import Plan, make_plan, select
 from .rebuild import Undo, clone, rebuild
+from .report import print_analysis
 from .trace import as_inputs, infer_inputs, trace
 from .verify import output_shapes, remember
 
@@ -131,8 +132,6 @@ def analyze(model: nn.Module, example_inputs: Any = None, *, ratio: float = 0.5,
     Example:
         >>> surgeon.analyze(torchvision.models.squeezenet1_0())
     """
-    from .report import print_analysis
-
     p = plan(model, ratio, example_inputs, **options)
     if show:
         print_analysis(model, p)
