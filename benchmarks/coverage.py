@@ -116,18 +116,22 @@ def _warm_up() -> None:
             pass
 
 
-def _time_out(signum: int, frame: object) -> None:
-    raise TimeoutError(f"surgery took over {SURGERY_TIMEOUT_S} s")
+def _prune_once(tool: str, name: str, x: torch.Tensor, *, timeout: int = SURGERY_TIMEOUT_S,
+                ) -> tuple[nn.Module, float, float | None]:
+    """Prune a freshly built model: the result, seconds, and peak extra memory in MiB.
 
+    Raises TimeoutError when the surgery takes over `timeout` seconds.
+    """
 
-def _prune_once(tool: str, name: str, x: torch.Tensor) -> tuple[nn.Module, float, float | None]:
-    """Prune a freshly built model: the result, seconds, and peak extra memory in MiB."""
+    def time_out(signum: int, frame: object) -> None:
+        raise TimeoutError(f"surgery took over {timeout} s")
+
     model = _build(name)
     gc.collect()
     resettable = _reset_peak_rss()
     base = _status("VmRSS")
-    signal.signal(signal.SIGALRM, _time_out)
-    signal.alarm(SURGERY_TIMEOUT_S)
+    signal.signal(signal.SIGALRM, time_out)
+    signal.alarm(timeout)
     start = time.perf_counter()
     try:
         model = PRUNERS[tool](model, x)
@@ -158,8 +162,13 @@ def _run_tool(tool: str, name: str, x: torch.Tensor, before: dict, *, repeats: i
             "mac_keep": count_macs(model, x) / before["macs"],
         }
     except Exception as e:
-        message = str(e).strip().splitlines()[0][:160] if str(e).strip() else ""
-        return {**row, "ok": False, "error": f"{type(e).__name__}: {message}"}
+        return {**row, "ok": False, "error": _error(e)}
+
+
+def _error(e: BaseException) -> str:
+    """`Type: first line of the message` (160 characters at most), for a table cell."""
+    message = str(e).strip().splitlines()[0][:160] if str(e).strip() else ""
+    return f"{type(e).__name__}: {message}"
 
 
 def child(name: str, *, repeats: int) -> None:
