@@ -28,7 +28,7 @@ from rich.console import Console
 from rich.filesize import decimal
 from rich.table import Table
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 from .errors import SurgeonError
 from .export import ExampleInputs, export_onnx, onnx_session
@@ -76,6 +76,11 @@ def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def _cpu_attention_flops(query: torch.Size, key: torch.Size, value: torch.Size, *args, out_shape=None, **kwargs) -> int:
+    """The counter knows the GPU attention kernels; the CPU one costs the same."""
+    return sdpa_flop_count(query, key, value)
+
+
 def count_macs(model: nn.Module, example_inputs: ExampleInputs) -> int:
     """Multiply-accumulates of one eval-mode forward pass, from `FlopCounterMode`.
 
@@ -84,9 +89,16 @@ def count_macs(model: nn.Module, example_inputs: ExampleInputs) -> int:
         6
     """
     inputs = as_inputs(example_inputs)
-    counter = FlopCounterMode(display=False)
-    with eval_mode(model), torch.no_grad(), counter:
-        model(*inputs)
+    counter = FlopCounterMode(display=False, custom_mapping={
+        torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_attention_flops,
+    })
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)  # the fused MHA kernel is invisible to the counter
+    try:
+        with eval_mode(model), torch.no_grad(), counter:
+            model(*inputs)
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fastpath)
     return counter.get_total_flops() // 2
 
 

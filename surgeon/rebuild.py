@@ -3,8 +3,10 @@
 Every cut tensor is replaced by an `index_select` of its kept indices (a new `nn.Parameter` that
 keeps `requires_grad` and a sliced `.grad`); tied tensors are replaced in every owner. Then the
 resizer registered for each touched module type fixes the attributes its `forward` reads
-(`out_channels`, `groups`, `num_features`, `normalized_shape`, …). The same routine builds the
-verification reference, in which exact removals are zeroed instead of removed.
+(`out_channels`, `groups`, `num_features`, `normalized_shape`, …), and any counted int attribute
+it left alone (ViT's `hidden_dim`) is set to its new size; the ancestors of a touched
+module are resized too (an attention layer reads its projections' widths). The same routine
+builds the verification reference, in which exact removals are zeroed instead of removed.
 """
 from __future__ import annotations
 
@@ -29,12 +31,13 @@ class Undo:
     """What a rebuild replaced, to put the model back exactly if a later check fails."""
 
     tensors: list[tuple[dict, str, torch.Tensor]]
-    attrs: list[tuple[nn.Module, dict]]
+    attrs: list[tuple[nn.Module, type, dict]]
 
     def __call__(self) -> None:
         for store, key, old in reversed(self.tensors):
             store[key] = old
-        for module, before in reversed(self.attrs):
+        for module, cls, before in reversed(self.attrs):
+            module.__class__ = cls
             module.__dict__.update(before)
 
 
@@ -106,12 +109,21 @@ def rebuild(model: nn.Module, plan: Plan, *, reference: bool = False, undo: Undo
     for change in plan.sizes:
         n = change.inexact if reference else change.remove
         touched.setdefault(change.module, {})[change.attr] = change.size - n
+    for mname in list(touched):
+        parts = mname.split(".")
+        for k in range(len(parts) if mname else 0):
+            touched.setdefault(".".join(parts[:k]), {})
     for mname, sizes in touched.items():
         module = model.get_submodule(mname)
         fix = lookup_resizer(module)
+        counts = {k: v for k, v in sizes.items() if type(getattr(module, k, None)) is int}
+        if fix is None and not counts:
+            continue
+        before = {k: copy.copy(v) for k, v in vars(module).items() if not k.startswith("_")}
+        undo.attrs.append((module, type(module), before))
         if fix is not None:
-            undo.attrs.append((module, {k: copy.copy(v) for k, v in vars(module).items() if not k.startswith("_")}))
             fix(module, sizes)
+        module.__dict__.update({k: v for k, v in counts.items() if getattr(module, k) == before.get(k)})
     return undo
 
 

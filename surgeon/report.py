@@ -14,10 +14,13 @@ def print_analysis(model: nn.Module, plan: Plan, *, console: Console | None = No
     """One row per coupled group (units, frozen, removed, exact), then why groups are held back."""
     console = console or Console()
     table = Table(title=f"{type(model).__name__}: {len(plan.groups)} coupled groups (ratio {plan.ratio})")
+    room = max(24, console.width - 56)  # long module paths lose their start, never the numbers
     for col in ("group", "first space", "spaces", "units", "frozen", "removed", "exact"):
-        table.add_column(col, no_wrap=col == "first space")
+        table.add_column(col, no_wrap=True, justify="left" if col == "first space" else "right")
     for g, r in zip(plan.groups, plan.removed):
-        table.add_row(str(g.id), g.spaces[0] if g.spaces else "", str(len(g.spaces)), str(g.units),
+        space = g.spaces[0] if g.spaces else ""
+        space = space if len(space) <= room else "…" + space[1 - room:]
+        table.add_row(str(g.id), space, str(len(g.spaces)), str(g.units),
                       str(g.frozen_units), str(r), "yes" if g.exact else "no")
     console.print(table)
     for g in plan.groups:

@@ -1,11 +1,11 @@
-"""Attention heads: timm `Attention` loses whole heads (or head width); the embedding dim only on
-request; `nn.MultiheadAttention` keeps its heads, with the reason reported."""
+"""Attention heads in timm: `Attention` and Swin's `WindowAttention` lose whole heads (or head
+width); the embedding dim only on request; timm CNNs slim generically. torchvision's attention
+layers are in test_tv_attention.py."""
 from __future__ import annotations
 
 import pytest
 import timm
 import torch
-import torchvision
 from timm.layers import Attention
 from torch import nn
 
@@ -106,30 +106,6 @@ def test_timm_transformers_heads_and_mlp_halved(name, kw):
     report = surgeon.verify(model, slim)
     assert report.ok and len(report.checked) == 2 * len(pairs)
     assert changed(slim, model, x) > 1e-3
-
-
-def test_multihead_attention_keeps_heads_with_reason():
-    model = torchvision.models.VisionTransformer(32, 8, num_layers=2, num_heads=4, hidden_dim=32, mlp_dim=64).eval()
-    x = torch.randn(1, 3, 32, 32)
-    plan = surgeon.plan(model, 0.5, x)
-    assert any("nn.MultiheadAttention" in w for g in plan.groups for w in g.frozen_why)
-    slim = plan.apply(model)
-    layer = slim.encoder.layers[0]
-    assert layer.self_attention.num_heads == 4 and layer.mlp[0].out_features == 32
-    assert surgeon.verify(model, slim, x, plan=plan).ok
-
-
-@pytest.mark.parametrize("name", ["swin_t", "swin_v2_t", "maxvit_t"])
-def test_torchvision_transformers_mlp_halved(name):
-    size = 224 if name == "maxvit_t" else 64
-    model = getattr(torchvision.models, name)(weights=None).eval()
-    x = torch.randn(1, 3, size, size)
-    slim = surgeon.slim(model, 0.5, x)
-    mlps = [(a, b) for (n, a), b in zip(model.named_modules(), slim.modules())
-            if isinstance(a, nn.Linear) and "mlp" in n and a.out_features > a.in_features]
-    assert mlps and all(b.out_features == a.out_features // 2 for a, b in mlps)
-    assert slim(x).shape == model(x).shape
-    assert surgeon.verify(model, slim).ok
 
 
 @pytest.mark.parametrize("name", ["resnet50", "efficientnet_b0", "convnext_tiny"])

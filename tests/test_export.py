@@ -11,6 +11,7 @@ from torchvision.models import VisionTransformer
 
 import surgeon
 from surgeon.errors import SurgeonError
+from surgeon.layers import SlimMultiheadAttention
 from surgeon.export import (
     TOLERANCE,
     MissingExtraError,
@@ -154,7 +155,22 @@ def test_slimmed_vit_exports_and_runs_two_batch_sizes(tmp_path):
     vit, x = _tiny_vit(), torch.randn(1, 3, 32, 32)
     slim = surgeon.slim(vit, 0.5, x)
     assert sum(p.numel() for p in slim.parameters()) < sum(p.numel() for p in vit.parameters())
+    assert type(slim.encoder.layers[0].self_attention) is SlimMultiheadAttention  # heads 2 -> 1
     result = export_onnx(slim, tmp_path / "slim_vit.onnx", x)
     assert result.max_error < TOLERANCE
     for batch in (3, 6):
         assert _runs_at(result.path, (batch, 3, 32, 32), slim) < TOLERANCE
+
+
+@pytest.mark.parametrize("v2", [False, True])
+def test_slimmed_swin_exports(tmp_path, v2):
+    from torchvision.models.swin_transformer import PatchMergingV2, SwinTransformerBlockV2
+
+    kw = {"block": SwinTransformerBlockV2, "downsample_layer": PatchMergingV2} if v2 else {}
+    swin = torchvision.models.SwinTransformer([4, 4], 16, [2, 2], [2, 4], [4, 4], num_classes=10, **kw)
+    x = torch.randn(1, 3, 48, 48)
+    slim = surgeon.slim(swin, 0.5, x)
+    assert type(slim.features[1][0].attn).__name__.startswith("Slim")
+    result = export_onnx(slim, tmp_path / "slim_swin.onnx", x)
+    assert result.max_error < TOLERANCE
+    assert _runs_at(result.path, (2, 3, 48, 48), slim) < TOLERANCE

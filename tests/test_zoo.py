@@ -18,25 +18,8 @@ import torchvision
 from torch import nn
 
 import surgeon
-from util import n_params
+from util import liven, n_params
 from zoo import CNNS, SEGMENTATION, SLOW, input_size
-
-
-def liven(model: nn.Module, x: torch.Tensor) -> nn.Module:
-    """Weights at a scale where every channel visibly affects the output."""
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, (nn.Conv2d, nn.Linear)):
-                fan_in = m.weight[0].numel()
-                m.weight.copy_(torch.randn(m.weight.shape, generator=g) * (2.0 / fan_in) ** 0.5)
-                if m.bias is not None:
-                    m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.1)
-            elif isinstance(m, nn.BatchNorm2d):
-                m.weight.copy_(torch.rand(m.weight.shape, generator=g) + 0.5)
-                m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.1)
-    batch = x.repeat(4, 1, 1, 1) + 0.1 * torch.randn((4 * len(x), *x.shape[1:]), generator=g)
-    return surgeon.recalibrate(model, [batch]).eval()
 
 
 def outputs(model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:

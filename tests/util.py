@@ -1,4 +1,4 @@
-"""Round-trip helper shared by the handler and zoo tests."""
+"""Helpers shared by the handler and zoo tests: round trip, livened weights."""
 from __future__ import annotations
 
 import torch
@@ -38,3 +38,20 @@ def roundtrip(model: nn.Module, x, ratio: float = 0.5, **kw) -> tuple[nn.Module,
     report = surgeon.verify(model, slim)
     assert report.ok, report
     return slim, report
+
+
+def liven(model: nn.Module, x: torch.Tensor) -> nn.Module:
+    """Weights at a scale where every channel visibly affects the output."""
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                fan_in = m.weight[0].numel()
+                m.weight.copy_(torch.randn(m.weight.shape, generator=g) * (2.0 / fan_in) ** 0.5)
+                if m.bias is not None:
+                    m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.1)
+            elif isinstance(m, nn.BatchNorm2d):
+                m.weight.copy_(torch.rand(m.weight.shape, generator=g) + 0.5)
+                m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.1)
+    batch = x.repeat(4, 1, 1, 1) + 0.1 * torch.randn((4 * len(x), *x.shape[1:]), generator=g)
+    return surgeon.recalibrate(model, [batch]).eval()

@@ -11,19 +11,21 @@ from __future__ import annotations
 import numpy as np
 from torch import nn
 
-from ..labels import Labels, empty
+from ..labels import Labels
 from .context import Ctx
 from .registry import register, resizer
 
-__all__ = ["head_units", "fused_attention", "resize_heads", "multihead_attention"]
+__all__ = ["head_units", "tie", "embed", "fused_attention", "resize_heads"]
 
 _EMBED = "embedding dim of an attention layer (pass prune_embed=True to prune it; not exact)"
 
 
-def head_units(ctx: Ctx, rows: np.ndarray, parts: int, heads: int, head_dim: int) -> tuple[np.ndarray | None, np.ndarray | None]:
+def head_units(ctx: Ctx, rows: np.ndarray, parts: int, heads: int, head_dim: int, *,
+               fixed_scale: bool = False) -> tuple[np.ndarray | None, np.ndarray | None]:
     """Couple `rows` viewed as [parts, heads, head_dim] into head units or head-dim units.
 
-    Returns (per-head atoms, per-dim atoms); the mode not chosen is None.
+    Narrower heads are exact only when the layer's scale does not follow the head width
+    (`fixed_scale`). Returns (per-head atoms, per-dim atoms); the mode not chosen is None.
     """
     grid = rows.reshape(parts, heads, head_dim)
     if ctx.options.prune_heads and not ctx.options.prune_head_dims:
@@ -32,13 +34,14 @@ def head_units(ctx: Ctx, rows: np.ndarray, parts: int, heads: int, head_dim: int
     if ctx.options.prune_head_dims:
         cols = grid.transpose(2, 0, 1).reshape(head_dim, -1)
         dims = ctx.merge(list(cols.T))
-        ctx.inexact(dims, "attention scale 1/sqrt(head_dim) changes with the head width")
+        if not fixed_scale:
+            ctx.inexact(dims, "attention scale 1/sqrt(head_dim) changes with the head width")
         return None, dims
     ctx.freeze(rows, "prune_heads=False and prune_head_dims=False")
     return None, None
 
 
-def _tie(ctx: Ctx, attr: str, dim: int, heads: np.ndarray | None, dims: np.ndarray | None,
+def tie(ctx: Ctx, attr: str, dim: int, heads: np.ndarray | None, dims: np.ndarray | None,
          n_heads: int, head_dim: int) -> None:
     """Couple a [heads·head_dim] dimension of tensor `attr` with the head (or head-dim) units."""
     atoms = ctx.param(attr, dim)
@@ -51,26 +54,31 @@ def _tie(ctx: Ctx, attr: str, dim: int, heads: np.ndarray | None, dims: np.ndarr
         ctx.merge([dims, *grid])
 
 
-def _embed(ctx: Ctx, x: Labels) -> None:
+def embed(ctx: Ctx, *inputs: Labels) -> None:
+    """The embedding width an attention layer reads stays unless `prune_embed`."""
     if not ctx.options.prune_embed:
-        ctx.freeze(x[-1], _EMBED)
+        for x in inputs:
+            ctx.freeze(x[-1], _EMBED)
 
 
-def fused_attention(ctx: Ctx, *, per_head: tuple[tuple[str, int], ...] = ()) -> Labels:
-    """An attention module with `qkv` and `proj` Linears (timm's `Attention`, `WindowAttention`).
+def fused_attention(ctx: Ctx, *, qkv: str = "qkv", proj: str = "proj", heads_attr: str = "num_heads",
+                    per_head: tuple[tuple[str, int], ...] = (), fixed_scale: bool = False) -> Labels:
+    """An attention module with fused q/k/v and output Linears (timm's `Attention` and
+    `WindowAttention`, torchvision's Swin and MaxViT attention), named `qkv` and `proj`.
 
-    `per_head` names tensor dimensions indexed by head (a relative position bias table).
+    `per_head` names tensor dimensions indexed by head (a relative position bias table);
+    `fixed_scale`: the attention scale does not follow the head width (see `head_units`).
     """
     m, x = ctx.module, ctx.lab(ctx.arg(0, "x"))
-    h = m.num_heads
-    d = ctx.tensor("qkv.weight").shape[0] // (3 * h)
-    _embed(ctx, x)
-    rows = ctx.param("qkv.weight", 0, active=True)
-    ctx.bind("qkv.weight", 1, x[-1])
-    ctx.bind("qkv.bias", 0, rows)
-    heads, dims = head_units(ctx, rows, 3, h, d)
-    for attr, dim in (("proj.weight", 1), ("gate.weight", 0), ("gate.bias", 0), ("norm.weight", 0), ("norm.bias", 0)):
-        _tie(ctx, attr, dim, heads, dims, h, d)
+    h = getattr(m, heads_attr)
+    d = ctx.tensor(f"{qkv}.weight").shape[0] // (3 * h)
+    embed(ctx, x)
+    rows = ctx.param(f"{qkv}.weight", 0, active=True)
+    ctx.bind(f"{qkv}.weight", 1, x[-1])
+    ctx.bind(f"{qkv}.bias", 0, rows)
+    heads, dims = head_units(ctx, rows, 3, h, d, fixed_scale=fixed_scale)
+    for attr, dim in ((f"{proj}.weight", 1), ("gate.weight", 0), ("gate.bias", 0), ("norm.weight", 0), ("norm.bias", 0)):
+        tie(ctx, attr, dim, heads, dims, h, d)
     for attr, dim in per_head:
         if heads is not None and (atoms := ctx.param(attr, dim)) is not None:
             ctx.merge([heads, atoms])
@@ -82,11 +90,11 @@ def fused_attention(ctx: Ctx, *, per_head: tuple[tuple[str, int], ...] = ()) -> 
             if dims is not None:
                 ctx.bind(f"{norm}.{p}", 0, dims)
     if heads is not None:
-        ctx.track("num_heads", heads, h)
+        ctx.track(heads_attr, heads, h)
     if dims is not None:
         ctx.track("head_dim", dims, d)
-    out = ctx.param("proj.weight", 0, active=True)
-    ctx.bind("proj.bias", 0, out)
+    out = ctx.param(f"{proj}.weight", 0, active=True)
+    ctx.bind(f"{proj}.bias", 0, out)
     return x.with_dim(-1, out)
 
 
@@ -116,12 +124,3 @@ if TimmAttention is not None:
     register(TimmWindowAttention)(lambda ctx: fused_attention(ctx, per_head=(("relative_position_bias_table", 1),)))
     resizer(TimmAttention, TimmWindowAttention)(resize_heads)
 
-
-@register(nn.MultiheadAttention)
-def multihead_attention(ctx: Ctx) -> tuple:
-    """`nn.MultiheadAttention` derives head_dim from the embedding width it reads, so its heads
-    cannot leave while that width stays: its channels are kept (reported)."""
-    for i, name in ((0, "query"), (1, "key"), (2, "value")):
-        ctx.freeze(ctx.lab(ctx.arg(i, name)),
-                   "nn.MultiheadAttention ties head_dim to the embedding width: its heads are kept")
-    return empty(ctx.node.meta["tensor_meta"])

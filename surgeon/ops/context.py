@@ -121,9 +121,31 @@ class Ctx:
             )
         self.dg.union(atoms, arr)
 
-    def track(self, attr: str, arr: np.ndarray | None, size: int) -> None:
-        """Record that this module's attribute `attr` counts `size` indices labelled `arr`."""
-        self.dg.track(self.node.target, attr, arr if arr is not None else np.full(size, -1))
+    def track(self, attr: str, arr: np.ndarray | None, size: int, *, module: str | None = None) -> None:
+        """Record that attribute `attr` of this node's module (or of `module`, a path) counts
+        `size` indices labelled `arr`."""
+        where = self.node.target if module is None else module
+        self.dg.track(where, attr, arr if arr is not None else np.full(size, -1))
+
+    def enclosing(self) -> tuple[str, nn.Module] | None:
+        """(path, module) of the innermost module whose `forward` made this call, if known."""
+        stack = self.node.meta.get("nn_module_stack") or {}
+        path = list(stack.values())[-1][0] if stack else ""
+        try:
+            return path, self.names.model.get_submodule(path)
+        except AttributeError:
+            return None
+
+    def count_attr(self, value: int) -> tuple[str, str] | None:
+        """(module path, name) of the one int attribute of the enclosing module equal to
+        `value` — a width `forward` read from `self`, as in ViT's `reshape(n, self.hidden_dim,
+        -1)`, which the rebuild can update — else None."""
+        found = self.enclosing()
+        if found is None:
+            return None
+        names = [k for k, v in vars(found[1]).items()
+                 if not k.startswith("_") and type(v) is int and v == value]
+        return (found[0], names[0]) if len(names) == 1 else None
 
     # relations ------------------------------------------------------------------------------
     def merge(self, arrs: list[np.ndarray | None]) -> np.ndarray | None:

@@ -64,24 +64,14 @@ def layer_norm(ctx: Ctx) -> Labels:
     return x
 
 
-def _enclosing(ctx: Ctx) -> nn.Module | None:
-    stack = ctx.node.meta.get("nn_module_stack") or {}
-    if not stack:
-        return None
-    path = list(stack.values())[-1][0]
-    try:
-        return ctx.names.model.get_submodule(path)
-    except AttributeError:
-        return None
-
-
 @register(F.layer_norm)
 def functional_layer_norm(ctx: Ctx) -> Labels:
     """`F.layer_norm` inside a LayerNorm subclass (e.g. torchvision's LayerNorm2d)."""
     x = ctx.lab(ctx.arg(0, "input"))
     shape = ctx.arg(1, "normalized_shape")
     n = len(shape) if isinstance(shape, (list, tuple)) else 1
-    if not isinstance(_enclosing(ctx), nn.LayerNorm):
+    found = ctx.enclosing()
+    if found is None or not isinstance(found[1], nn.LayerNorm):
         ctx.freeze(Labels(x[len(x) - n:]), "normalized_shape is fixed outside an nn.LayerNorm")
         return x
     for i, name in ((2, "weight"), (3, "bias")):

@@ -54,8 +54,13 @@ def _blocks(a: tuple[int, ...], b: tuple[int, ...]) -> list[tuple[list[int], lis
 
 
 def reshape_labels(ctx: Ctx, x: Labels, a: tuple[int, ...], b: tuple[int, ...],
-                   fixed: list[bool]) -> Labels:
-    """Labels after reshaping shape `a` to `b`; `fixed[j]`: output dim j has a literal size."""
+                   fixed: list[bool], attrs: dict[int, tuple[str, str]] | None = None) -> Labels:
+    """Labels after reshaping shape `a` to `b`; `fixed[j]`: output dim j has a literal size.
+
+    `attrs[j]`: that literal is a module attribute (path, name). A block whose sizes are all
+    literal may shrink through the one such dimension; the attribute is then resized with it.
+    """
+    attrs = attrs or {}
     out: list[np.ndarray | None] = [None] * len(b)
     for ib, jb in _blocks(a, b):
         labelled = [i for i in ib if x[i] is not None]
@@ -68,13 +73,16 @@ def reshape_labels(ctx: Ctx, x: Labels, a: tuple[int, ...], b: tuple[int, ...],
         view = [-1 if i == k else 1 for i in ib]
         grid = np.broadcast_to(x[k].reshape(view), [a[i] for i in ib]).reshape([b[j] for j in jb])
         big = [p for p, j in enumerate(jb) if b[j] > 1]
-        free = [p for p in big if not fixed[jb[p]]]
+        free = [p for p in big if not fixed[jb[p]]] or [p for p in big if jb[p] in attrs]
         if len(free) != 1:
             ctx.freeze(x[k], "reshape fixes the size of a labelled dimension with a literal")
             continue
         f = free[0]
         cols = np.moveaxis(grid, f, 0).reshape(b[jb[f]], -1)
         out[jb[f]] = ctx.merge(list(cols.T)) if cols.shape[1] > 1 else cols[:, 0]
+        if fixed[jb[f]]:
+            path, name = attrs[jb[f]]
+            ctx.track(name, out[jb[f]], b[jb[f]], module=path)
     return Labels(out)
 
 
@@ -121,8 +129,11 @@ def view(ctx: Ctx) -> Labels:
     fixed = [_literal(s) for s in sizes] if not isinstance(sizes, fx.Node) else []
     if len(fixed) != len(ctx.out_shape):
         fixed = [False] * len(ctx.out_shape)
+    literals = [(j, s) for j, s in enumerate(sizes if not isinstance(sizes, fx.Node) else ())
+                if j < len(fixed) and fixed[j] and s > 1]
+    attrs = {j: found for j, s in literals if (found := ctx.count_attr(s))}
     x = ctx.node.args[0]
-    out = reshape_labels(ctx, ctx.lab(x), ctx.shape(x), ctx.out_shape, fixed)
+    out = reshape_labels(ctx, ctx.lab(x), ctx.shape(x), ctx.out_shape, fixed, attrs)
     return _match_sizes(ctx, out, sizes)
 
 

@@ -1,0 +1,81 @@
+"""torchvision's Swin (V1, V2) and MaxViT attention: whole heads leave with their tables.
+
+A head takes its q/k/v rows, output-projection columns and per-head tables with it: Swin's
+`relative_position_bias_table` column, Swin V2's `logit_scale` entry and continuous position
+bias output row, MaxViT's relative position bias column. These layers derive the head width
+from their input width, so a layer whose heads no longer fill that width is switched to its
+`surgeon.layers.vision` subclass.
+"""
+from __future__ import annotations
+
+from torch import nn
+from torchvision.models.maxvit import PartitionAttentionLayer, RelativePositionalMultiHeadAttention
+from torchvision.models.swin_transformer import ShiftedWindowAttention, ShiftedWindowAttentionV2
+from torchvision.models.vision_transformer import EncoderBlock
+
+from ..labels import Labels
+from ..layers.vision import (
+    SlimRelativePositionalMultiHeadAttention, SlimShiftedWindowAttention, SlimShiftedWindowAttentionV2,
+)
+from .attention import fused_attention
+from .context import Ctx
+from .registry import register, resizer
+
+__all__ = ["swin_attention", "swin_v2_attention", "maxvit_attention"]
+
+_SLIM = {
+    ShiftedWindowAttention: SlimShiftedWindowAttention,
+    ShiftedWindowAttentionV2: SlimShiftedWindowAttentionV2,
+    RelativePositionalMultiHeadAttention: SlimRelativePositionalMultiHeadAttention,
+}
+
+
+def _switch(m: nn.Module, qkv: nn.Linear) -> None:
+    """Use the width-agnostic subclass once the attention width differs from the input width."""
+    if qkv.weight.shape[0] != 3 * qkv.weight.shape[1] and type(m) in _SLIM:
+        m.__class__ = _SLIM[type(m)]
+
+
+@register(ShiftedWindowAttention, SlimShiftedWindowAttention)
+def swin_attention(ctx: Ctx) -> Labels:
+    """Swin V1: the scale follows the head width (narrower heads are inexact)."""
+    return fused_attention(ctx, per_head=(("relative_position_bias_table", 1),))
+
+
+@register(ShiftedWindowAttentionV2, SlimShiftedWindowAttentionV2)
+def swin_v2_attention(ctx: Ctx) -> Labels:
+    """Swin V2: cosine attention with a learned per-head scale, so narrower heads are exact."""
+    return fused_attention(ctx, per_head=(("cpb_mlp.2.weight", 0), ("logit_scale", 0)), fixed_scale=True)
+
+
+@register(RelativePositionalMultiHeadAttention, SlimRelativePositionalMultiHeadAttention)
+def maxvit_attention(ctx: Ctx) -> Labels:
+    """MaxViT: the scale is fixed by the input width at construction, so narrower heads are exact."""
+    return fused_attention(ctx, qkv="to_qkv", proj="merge", heads_attr="n_heads",
+                           per_head=(("relative_position_bias_table", 1),), fixed_scale=True)
+
+
+@resizer(ShiftedWindowAttention)
+def resize_swin(m: ShiftedWindowAttention, sizes: dict) -> None:
+    m.num_heads = sizes.get("num_heads", m.num_heads)
+    _switch(m, m.qkv)
+
+
+@resizer(RelativePositionalMultiHeadAttention)
+def resize_maxvit(m: RelativePositionalMultiHeadAttention, sizes: dict) -> None:
+    m.n_heads = sizes.get("n_heads", m.n_heads)
+    m.head_dim = m.to_qkv.weight.shape[0] // (3 * m.n_heads)
+    _switch(m, m.to_qkv)
+
+
+@resizer(EncoderBlock)
+def resize_encoder_block(m: EncoderBlock, sizes: dict) -> None:
+    """ViT's block keeps a copy of its attention's head count."""
+    m.num_heads = m.self_attention.num_heads
+
+
+@resizer(PartitionAttentionLayer)
+def resize_partition_layer(m: PartitionAttentionLayer, sizes: dict) -> None:
+    """MaxViT's partition layer keeps copies of its attention's head count and width."""
+    attn = next(c for c in m.modules() if isinstance(c, RelativePositionalMultiHeadAttention))
+    m.n_heads, m.head_dim = attn.n_heads, attn.head_dim
