@@ -1,4 +1,4 @@
-"""The README's main job runs end to end (smaller model, no latency timing)."""
+"""The examples run end to end: the README main job (smaller model, no latency timing) and ViT-B/16."""
 import subprocess
 import sys
 from pathlib import Path
@@ -15,3 +15,10 @@ def test_resnet_example(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     assert "Report(OK" in done.stdout and "MACs" in done.stdout and "OnnxResult" in done.stdout
     assert onnx.stat().st_size > 1_000_000
+
+
+def test_vit_example():
+    done = subprocess.run([sys.executable, str(ROOT / "examples" / "vit.py")],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "12 → 6" in done.stdout and "3072 → 1536" in done.stdout and "Report(OK" in done.stdout

@@ -341,3 +341,23 @@ def test_view_to_another_tensors_shape():
 
     slim, _ = roundtrip(ViewAs(), torch.randn(1, 3, 4, 4))
     assert slim.a.out_channels == slim.b.out_channels == 4
+
+
+def test_grouped_conv_transpose_loses_whole_groups():
+    class Up(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.stem = nn.Conv2d(3, 8, 3, padding=1)
+            self.up = nn.ConvTranspose2d(8, 12, 2, stride=2, groups=4)
+            self.bn, self.head = nn.BatchNorm2d(12), nn.Conv2d(12, 2, 1)
+
+        def forward(self, x):
+            return self.head(F.relu(self.bn(self.up(F.relu(self.stem(x))))))
+
+    model = Up()
+    with torch.no_grad():
+        model.bn.running_var.uniform_(0.5, 2)
+        model.bn.running_mean.normal_()
+    slim, report = roundtrip(model, torch.randn(2, 3, 8, 8))
+    assert slim.up.groups == 2 and slim.up.in_channels == 4 and slim.up.out_channels == 6
+    assert slim.stem.out_channels == 4 and slim.bn.num_features == 6 and report.checked

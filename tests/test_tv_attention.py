@@ -74,6 +74,15 @@ def test_vit_heads_leave_whole():
     assert heads(again) == {n: 1 for n in heads(slim)} and surgeon.verify(slim, again).ok
 
 
+def test_slim_vit_saves_and_loads(tmp_path):
+    slim = surgeon.slim(liven(tiny_vit(), X32), 0.5, X32)
+    torch.save(slim, tmp_path / "slim.pt")
+    loaded = torch.load(tmp_path / "slim.pt", weights_only=False)
+    assert type(loaded.encoder.layers[0].self_attention) is SlimMultiheadAttention
+    with torch.no_grad():
+        assert torch.equal(loaded.eval()(X32), slim(X32))
+
+
 def test_vit_head_scores_rank_whole_heads():
     model = liven(tiny_vit(), X32)
     attn = model.encoder.layers[0].self_attention
@@ -211,3 +220,12 @@ def test_torchvision_transformer_zoo(name):
     """Every torchvision transformer at 224 (vit_h_14: 36 s and ~11 GB peak on 2 cores)."""
     gc.collect()
     check_halved(getattr(torchvision.models, name)(weights=None), torch.randn(1, 3, 224, 224))
+
+
+def test_verify_warns_when_outputs_are_constant():
+    """torchvision's ViT starts with a zero classifier: every output is 0 and OK proves nothing."""
+    model = tiny_vit().eval()
+    report = surgeon.verify(model, surgeon.slim(model, 0.5, X32))
+    assert report.ok and report.constant and "WARNING" in repr(report)
+    model = liven(model, X32)
+    assert not surgeon.verify(model, surgeon.slim(model, 0.5, X32)).constant

@@ -1,7 +1,8 @@
 """Convolutions (1d/2d/3d, grouped, depthwise, transposed): create output channel spaces.
 
-A grouped conv couples group k's input channels with its output channels, so it loses whole
-groups (`groups` shrinks with the channels); a depthwise conv is the case of one channel a group.
+A grouped conv (transposed too) couples group k's input channels with its output channels, so
+it loses whole groups (`groups` shrinks with the channels); a depthwise conv is the case of one
+channel a group.
 """
 from __future__ import annotations
 
@@ -46,16 +47,21 @@ def conv(ctx: Ctx) -> Labels:
 
 @register(nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 def conv_transpose(ctx: Ctx) -> Labels:
-    """Transposed conv: weight is [in, out/groups, k…]; grouped ones are not pruned."""
+    """Transposed conv: weight is [in, out/groups, k…]. Ungrouped, weight dim 1 is the output
+    space; grouped, a group's input rows and its out/groups outputs leave together, so the
+    output channels carry the atom of their group (weight dim 1 is shared by all groups)."""
     m, shape = ctx.module, ctx.out_shape
     cdim = len(shape) - (m.weight.dim() - 2) - 1
     x = ctx.lab(ctx.arg(0, "input"))
-    if m.groups != 1:
-        ctx.freeze(x, "grouped ConvTranspose is not supported yet")
-        return Labels([None] * len(shape))
-    out = ctx.param("weight", 1, active=True)
+    if m.groups == 1:
+        out = ctx.param("weight", 1, active=True)
+        ctx.bind("weight", 0, x[cdim])
+    else:
+        rows = ctx.param("weight", 0, active=True).reshape(m.groups, -1)
+        cols = list(rows.T) + ([] if x[cdim] is None else list(x[cdim].reshape(m.groups, -1).T))
+        group = ctx.merge(cols)
+        out = np.repeat(group, m.out_channels // m.groups)
     ctx.bind("bias", 0, out)
-    ctx.bind("weight", 0, x[cdim])
     return Labels([None] * len(shape)).with_dim(cdim, out)
 
 
@@ -79,6 +85,7 @@ def resize_conv(m: nn.modules.conv._ConvNd, sizes: dict) -> None:
     """Read channel counts and `groups` back from the sliced weight."""
     w = m.weight
     if m.transposed:
+        m.groups = w.shape[0] // (m.in_channels // m.groups)
         m.in_channels, m.out_channels = w.shape[0], w.shape[1] * m.groups
         return
     if m.groups > 1:
