@@ -113,7 +113,8 @@ def rebuild(model: nn.Module, plan: Plan, *, reference: bool = False, undo: Undo
         parts = mname.split(".")
         for k in range(len(parts) if mname else 0):
             touched.setdefault(".".join(parts[:k]), {})
-    for mname, sizes in touched.items():
+    for mname in sorted(touched, key=lambda n: -(n.count(".") + 1 if n else 0)):  # children first
+        sizes = touched[mname]
         module = model.get_submodule(mname)
         fix = lookup_resizer(module)
         counts = {k: v for k, v in sizes.items() if type(getattr(module, k, None)) is int}

@@ -9,6 +9,7 @@ from __future__ import annotations
 import traceback
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from functools import partial
 from typing import Any
 
 import torch
@@ -19,6 +20,7 @@ from torch.fx.passes.fake_tensor_prop import FakeTensorProp
 from torch.fx.passes.shape_prop import ShapeProp, _extract_tensor_metadata
 
 from .errors import InputError, TraceError
+from .layers.transformer import TRACED_FORWARD
 from .ops import lookup
 
 __all__ = ["as_inputs", "infer_inputs", "trace", "eval_mode", "prefer_fake"]
@@ -52,12 +54,17 @@ class _Tracer(fx.Tracer):
         and the user's `leaf_modules` (by class or name)."""
         if any(qualname == x if isinstance(x, str) else isinstance(m, x) for x in self.leaves):
             return True
+        if type(m) in TRACED_FORWARD:
+            return False
         if not type(m).__module__.startswith("torch.nn") and lookup(m) is not None:
             return True
         return super().is_leaf_module(m, qualname)
 
     def call_module(self, m: nn.Module, forward: Any, args: Any, kwargs: Any) -> Any:
-        """Trace a submodule; on failure remember the innermost module that failed."""
+        """Trace a submodule (`nn.Transformer*` through their composed path, see
+        `surgeon.layers.transformer`); on failure remember the innermost module that failed."""
+        if type(m) in TRACED_FORWARD and not self.is_leaf_module(m, self.path_of_module(m)):
+            forward = partial(TRACED_FORWARD[type(m)], m)
         try:
             return super().call_module(m, forward, args, kwargs)
         except Exception:
