@@ -9,11 +9,14 @@ peak RSS during the call, compared with the model's parameter + buffer bytes. At
 are summed over the innermost modules with a `num_heads` / `n_heads` attribute (torchvision's
 EncoderBlock and its MultiheadAttention are one attention layer, counted once).
 
+Named large_transformers.py, not transformers.py: scripts run with benchmarks/ first on sys.path,
+where a transformers.py would shadow Hugging Face `transformers` for anything that imports it.
+
 Usage:
-    python benchmarks/transformers.py                    # vit_h_14 and swin_v2_b (~2.5 min, 2 cores)
-    python benchmarks/transformers.py --models swin_v2_b --tp-timeout 60
-Rows are merged into benchmarks/results/transformers.json (keyed by model and tool) and the
-"transformers" section of docs/benchmarks.md is rewritten from all of them.
+    python benchmarks/large_transformers.py              # vit_h_14 and swin_v2_b (~2.5 min, 2 cores)
+    python benchmarks/large_transformers.py --models swin_v2_b --tp-timeout 60
+Rows are merged into benchmarks/results/large_transformers.json (keyed by model and tool) and the
+"large_transformers" section of docs/benchmarks.md is rewritten from all of them.
 """
 from __future__ import annotations
 
@@ -34,6 +37,7 @@ from coverage import _build, _error, _prune_once, _warm_up  # noqa: E402
 
 from surgeon.measure import count_params  # noqa: E402
 
+NAME = "large_transformers"  # results json and docs section
 MODELS = ("vit_h_14", "swin_v2_b")
 TOOLS = ("surgeon", "torch-pruning")
 TARGET_S = 30.0
@@ -151,7 +155,7 @@ def markdown(rows: list[dict], *, timeout: int, memory_gb: float) -> str:
     lines = [
         "## Transformers: surgery time and memory on the largest ViT and Swin",
         "",
-        f"`python benchmarks/transformers.py` — {environment()}",
+        f"`python benchmarks/large_transformers.py` — {environment()}",
         "",
         "Ratio 0.5, L2 magnitude, input 1×3×224×224, 1 thread, weights=None, one surgery per "
         f"fresh subprocess (address space limited to {memory_gb:g} GiB). surgeon runs "
@@ -188,16 +192,16 @@ def main() -> None:
         row = child(name, tool, timeout=_timeout(tool, args.tp_timeout), memory_gb=args.memory_gb)
         print(json.dumps(row), flush=True)
         return
-    rows = {(r["model"], r["tool"]): r for r in read_results("transformers")}
+    rows = {(r["model"], r["tool"]): r for r in read_results(NAME)}
     for name in args.models:
         for tool in TOOLS:
             r = rows[name, tool] = run(name, tool, tp_timeout=args.tp_timeout, memory_gb=args.memory_gb)
             print(f"{name} {tool}: " + (f"{r['seconds']:.1f} s, {r['extra_mb'] or 0:.0f} MB extra"
                                         if r.get("ok") else r["error"]), flush=True)
     ordered = sorted(rows.values(), key=lambda r: (r["model"], TOOLS.index(r["tool"])))
-    write_results("transformers", ordered)
+    write_results(NAME, ordered)
     text = markdown(ordered, timeout=args.tp_timeout, memory_gb=args.memory_gb)
-    print(write_section("transformers", text))
+    print(write_section(NAME, text))
 
 
 if __name__ == "__main__":
