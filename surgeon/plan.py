@@ -111,13 +111,27 @@ def signature(model: nn.Module) -> str:
     return hashlib.sha1("\n".join(items).encode()).hexdigest()
 
 
+def _unit_widths(coupling: Coupling) -> list[int]:
+    """Per group, the fewest indices one unit spans in any of its creating spaces: 1 for plain
+    channels, a group's channels for grouped convs, 3·head_dim for attention heads."""
+    widths = [0] * len(coupling.groups)
+    for i in coupling.dg.active:
+        units = coupling.units_of(coupling.dg.spaces[i])
+        g = int(coupling.group_of[units[0]])
+        w = units.size // np.unique(units).size
+        widths[g] = min(widths[g], w) if widths[g] else w
+    return widths
+
+
 def select(coupling: Coupling, scores: np.ndarray, ratio: float, *, round_to: int = 1) -> np.ndarray:
-    """Boolean mask of removed units: per group, the lowest-scored unfrozen ones."""
+    """Boolean mask of removed units: per group, the lowest-scored unfrozen ones. `round_to`
+    rounds the kept *width* up to a multiple: a unit spanning w indices counts w times."""
     removed = np.zeros(coupling.n_units, dtype=bool)
-    for group, units in zip(coupling.groups, coupling.members):
+    for group, units, width in zip(coupling.groups, coupling.members, _unit_widths(coupling)):
         n = group.units
         keep = n - math.floor(ratio * n)
-        keep = min(n, math.ceil(keep / round_to) * round_to)
+        step = round_to // math.gcd(round_to, max(width, 1))
+        keep = min(n, math.ceil(keep / step) * step)
         free = units[~coupling.frozen[units]]
         k = min(n - keep, group.prunable)
         if k <= 0:

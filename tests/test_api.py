@@ -160,6 +160,18 @@ def test_round_to():
     assert all(w % 8 == 0 for w in widths)
 
 
+def test_round_to_counts_channels_not_units():
+    """A head spans head_dim channels and a conv group its group width: those widths are
+    multiples of 8 already, so round_to=8 must not round the head or group count."""
+    vit = torchvision.models.VisionTransformer(32, 8, num_layers=1, num_heads=4, hidden_dim=32, mlp_dim=64)
+    slim = surgeon.slim(vit, 0.5, torch.randn(1, 3, 32, 32), round_to=8)
+    attn = slim.encoder.layers[0].self_attention
+    assert attn.num_heads == 2 and attn.in_proj_weight.shape[0] % 8 == 0
+    grouped = nn.Sequential(nn.Conv2d(3, 32, 1), nn.ReLU(), nn.Conv2d(32, 32, 3, groups=8), nn.Conv2d(32, 2, 1))
+    slim = surgeon.slim(grouped, 0.5, X, round_to=8)
+    assert slim[2].groups == 4 and slim[2].out_channels == 16  # 4 of 8 groups of 4 channels
+
+
 def test_ignore_keeps_a_layer():
     model = small_resnet()
     slim = surgeon.slim(model, 0.5, X, ignore=[model.layer1[0].conv1, "layer2.0.conv1"])
