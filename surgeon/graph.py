@@ -119,15 +119,18 @@ class DepGraph:
             else:
                 a = b = np.zeros(0, dtype=np.int64)
             root = connected_atoms(self.n_atoms, a, b)
-            broken = [(x, y) for x, y in self.counts
+            broken = [i for i, (x, y) in enumerate(self.counts)
                       if not np.array_equal(np.sort(root[x[x >= 0]]), np.sort(root[y[y >= 0]]))]
             if not broken:
                 return root
-            for x, y in broken:
+            for x, y in (self.counts[i] for i in broken):  # each constraint is enforced once
+                if x.size != y.size:
+                    self.freeze(np.concatenate([x, y]), "sized in forward from a dimension of another extent")
+                    continue
                 self.union(x, y)
                 lone = (x >= 0) != (y >= 0)
                 self.freeze(np.where(x >= 0, x, y)[lone], "sized in forward from a dimension that is not pruned")
-            self.counts = [c for c in self.counts if not any(c is d for d in broken)]
+            self.counts = [c for i, c in enumerate(self.counts) if i not in set(broken)]
 
     def active_atoms(self) -> np.ndarray:
         """Boolean mask: atom lies in a space created by a layer (conv/linear output …)."""

@@ -2,6 +2,7 @@
 mask-equivalence."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -361,3 +362,35 @@ def test_grouped_conv_transpose_loses_whole_groups():
     slim, report = roundtrip(model, torch.randn(2, 3, 8, 8))
     assert slim.up.groups == 2 and slim.up.in_channels == 4 and slim.up.out_channels == 6
     assert slim.stem.out_channels == 4 and slim.bn.num_features == 6 and report.checked
+
+
+@pytest.mark.parametrize("lone", ["unlabelled entry", "other extent"])
+def test_unsatisfiable_equal_counts_freeze_instead_of_looping(lone):
+    """A dimension sized from another that has an unprunable index (a class token) or another
+    extent cannot be matched index by index: both are frozen, once (this used to loop forever)."""
+    from surgeon.graph import DepGraph
+
+    dg = DepGraph()
+    a, b = dg.space("a", 0, 4, active=True), dg.space("b", 0, 5, active=True)
+    other = np.concatenate([[-1], b[:3]]) if lone == "unlabelled entry" else b
+    dg.same_count(a, other)
+    root = dg.classes()
+    frozen = np.concatenate([atoms for atoms, _ in dg.frozen])
+    assert root.size == 9 and frozen.size >= 1 and not dg.counts
+
+
+def test_normalize_is_exact_and_new_tensors_carry_no_channels():
+    """Cosine attention's F.normalize passes channels (zeros add nothing to a norm); DropPath's
+    `x.new_empty(...)` mask takes only the dtype from x, so it must not freeze x's channels."""
+    class Cosine(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = nn.Linear(6, 8), nn.Linear(8, 3)
+
+        def forward(self, x):
+            h = F.normalize(F.relu(self.a(x)), dim=-1)
+            keep = h.new_empty((h.shape[0], 1)).fill_(1.0)
+            return self.b(h * keep)
+
+    slim, report = roundtrip(Cosine(), torch.randn(4, 6))
+    assert slim.a.out_features == 4 and report.checked

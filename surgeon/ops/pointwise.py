@@ -11,11 +11,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..labels import Labels
+from ..labels import Labels, empty
 from .context import Ctx
 from .registry import register
 
-__all__ = ["pointwise", "first_arg"]
+__all__ = ["pointwise", "first_arg", "new_tensor"]
 
 _MODULES = (
     nn.ReLU, nn.ReLU6, nn.GELU, nn.SiLU, nn.Sigmoid, nn.Tanh, nn.Hardswish, nn.Hardsigmoid,
@@ -55,3 +55,9 @@ def pointwise(ctx: Ctx) -> Labels:
 def first_arg(ctx: Ctx) -> Labels:
     """Casts and copies: the output is the first argument (a tensor argument sets only dtype)."""
     return ctx.lab(ctx.node.args[0])
+
+
+@register("new_empty", "new_zeros", "new_ones", "new_full", "new_tensor")
+def new_tensor(ctx: Ctx) -> Labels:
+    """`x.new_*(shape)` takes only dtype and device from `x` (DropPath's random mask)."""
+    return empty(ctx.node.meta["tensor_meta"])

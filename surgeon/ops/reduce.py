@@ -2,7 +2,8 @@
 
 Pooling / interpolation / padding act on the trailing spatial dimensions and pass channels
 through. A reduction or a softmax over a labelled dimension computes a statistic over the
-channels, so removing them is marked inexact (an argmax over them is frozen).
+channels, so removing them is marked inexact (an argmax over them is frozen); a p-norm
+normalisation is not (zeroed entries add nothing to the norm).
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from ..labels import Labels
 from .context import Ctx
 from .registry import register
 
-__all__ = ["pad", "reduction", "softmax"]
+__all__ = ["pad", "reduction", "softmax", "normalize"]
 
 
 def _spatial_handler(k: int | None):
@@ -93,3 +94,9 @@ def softmax(ctx: Ctx) -> Labels:
     dim = ctx.module.dim if ctx.module is not None else ctx.arg(1, "dim")
     ctx.inexact(x[dim if dim is not None else -1], "softmax over these channels")
     return x
+
+
+@register(F.normalize)
+def normalize(ctx: Ctx) -> Labels:
+    """Divides by a p-norm over `dim`: a zeroed index adds nothing to it, so removal is exact."""
+    return ctx.lab(ctx.arg(0, "input"))
