@@ -15,7 +15,7 @@ from ..labels import Labels
 from .context import Ctx
 from .registry import register, resizer
 
-__all__ = ["head_units", "tie", "embed", "fused_attention", "resize_heads"]
+__all__ = ["head_units", "tie", "embed", "out_projection", "fused_attention", "resize_heads"]
 
 _EMBED = "embedding dim of an attention layer (pass prune_embed=True to prune it; not exact)"
 
@@ -77,7 +77,7 @@ def fused_attention(ctx: Ctx, *, qkv: str = "qkv", proj: str = "proj", heads_att
     ctx.bind(f"{qkv}.weight", 1, x[-1])
     ctx.bind(f"{qkv}.bias", 0, rows)
     heads, dims = head_units(ctx, rows, 3, h, d, fixed_scale=fixed_scale)
-    for attr, dim in ((f"{proj}.weight", 1), ("gate.weight", 0), ("gate.bias", 0), ("norm.weight", 0), ("norm.bias", 0)):
+    for attr, dim in (("gate.weight", 0), ("gate.bias", 0), ("norm.weight", 0), ("norm.bias", 0)):
         tie(ctx, attr, dim, heads, dims, h, d)
     for attr, dim in per_head:
         if heads is not None and (atoms := ctx.param(attr, dim)) is not None:
@@ -89,13 +89,21 @@ def fused_attention(ctx: Ctx, *, qkv: str = "qkv", proj: str = "proj", heads_att
         for p in ("weight", "bias"):
             if dims is not None:
                 ctx.bind(f"{norm}.{p}", 0, dims)
+    return x.with_dim(-1, out_projection(ctx, proj, heads, dims, h, d, heads_attr=heads_attr))
+
+
+def out_projection(ctx: Ctx, proj: str, heads: np.ndarray | None, dims: np.ndarray | None,
+                   n_heads: int, head_dim: int, *, heads_attr: str = "num_heads") -> np.ndarray | None:
+    """The output Linear `proj`: its columns follow the heads (or head dims), its rows are a
+    new space (returned); the head count or width the layer's `forward` reads is tracked."""
+    tie(ctx, f"{proj}.weight", 1, heads, dims, n_heads, head_dim)
     if heads is not None:
-        ctx.track(heads_attr, heads, h)
+        ctx.track(heads_attr, heads, n_heads)
     if dims is not None:
-        ctx.track("head_dim", dims, d)
+        ctx.track("head_dim", dims, head_dim)
     out = ctx.param(f"{proj}.weight", 0, active=True)
     ctx.bind(f"{proj}.bias", 0, out)
-    return x.with_dim(-1, out)
+    return out
 
 
 def resize_heads(m: nn.Module, sizes: dict) -> None:

@@ -14,7 +14,7 @@ from torch import nn
 
 from ..labels import empty
 from ..layers import SlimMultiheadAttention
-from .attention import embed, head_units, tie
+from .attention import embed, head_units, out_projection
 from .context import Ctx
 from .registry import register, resizer
 
@@ -52,13 +52,7 @@ def multihead_attention(ctx: Ctx) -> tuple:
     ctx.bind("in_proj_bias", 0, rows)
     h, d = m.num_heads, m.head_dim
     heads, dims = head_units(ctx, rows, 3, h, d)
-    tie(ctx, "out_proj.weight", 1, heads, dims, h, d)
-    if heads is not None:
-        ctx.track("num_heads", heads, h)
-    if dims is not None:
-        ctx.track("head_dim", dims, d)
-    out = ctx.param("out_proj.weight", 0, active=True)
-    ctx.bind("out_proj.bias", 0, out)
+    out = out_projection(ctx, "out_proj", heads, dims, h, d)
     return inputs[0].with_dim(-1, out), empty(meta[1])
 
 
