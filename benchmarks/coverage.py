@@ -34,7 +34,7 @@ from common import (  # noqa: E402
     environment, pyplot, read_results, save_figure, write_results, write_section,
 )
 
-from surgeon.measure import count_macs, count_params  # noqa: E402
+from surgeon.deploy.measure import count_macs, count_params  # noqa: E402
 
 RATIO = 0.5
 TOOLS = ("surgeon", "torch-pruning")

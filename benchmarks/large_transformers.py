@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import environment, read_results, write_results, write_section  # noqa: E402
 from coverage import _build, _error, _prune_once, _warm_up  # noqa: E402
 
-from surgeon.measure import count_params  # noqa: E402
+from surgeon.deploy.measure import count_params  # noqa: E402
 
 NAME = "large_transformers"  # results json and docs section
 MODELS = ("vit_h_14", "swin_v2_b")

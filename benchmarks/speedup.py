@@ -29,7 +29,7 @@ from common import (  # noqa: E402
 )
 
 import surgeon  # noqa: E402
-from surgeon.measure import Measurement, measure  # noqa: E402
+from surgeon.deploy.measure import Measurement, measure  # noqa: E402
 
 MODELS = ("resnet50", "mobilenet_v2", "efficientnet_b0", "vit_b_16")
 TARGET_MODELS = ("resnet50", "mobilenet_v2", "vit_b_16")

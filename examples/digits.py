@@ -28,7 +28,7 @@ from sklearn.model_selection import train_test_split
 
 import surgeon
 from surgeon import lottery, masks, schedule
-from surgeon.measure import count_macs
+from surgeon.deploy.measure import count_macs
 
 __all__ = ["Data", "Settings", "FAST", "FULL", "accuracy", "batches", "cnn", "finetune", "fit",
            "load", "lottery_ticket", "mlp", "one_shot_vs_iterative", "plot", "random_importance",

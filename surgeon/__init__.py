@@ -6,19 +6,30 @@ One call makes a model physically smaller and proves the surgery exact::
     model = torchvision.models.resnet50()
     slim = surgeon.slim(model, 0.5)        # same class, half the channels of every group
     surgeon.verify(model, slim)            # mask-equivalence report
+
+The package tree shows the pipeline: `core/` (trace → propagate → groups → rank → plan →
+rebuild → verify), `ops/` (per-layer rules, by library), `layers/`, `sparse/` (masks,
+iterative pruning, lottery tickets, recalibration), `deploy/` (ONNX, measurement).
 """
-from . import distributed, lottery, masks, schedule
+import sys
+
+from . import distributed
 from .api import analyze, plan, slim
-from .errors import HandlerError, PlanError, SurgeonError, TraceError, VerificationError
-from .export import OnnxMismatchError, export_onnx
-from .measure import compare, measure
-from .plan import Plan
-from .recalibrate import recalibrate
-from .verify import Report, verify
+from .config import Config
+from .core.plan import Plan
+from .core.verify import Report, verify
+from .deploy.export import OnnxMismatchError, export_onnx
+from .deploy.measure import compare, measure
+from .errors import HandlerError, InputError, PlanError, SurgeonError, TraceError, VerificationError
+from .sparse import lottery, masks, schedule
+from .sparse.recalibrate import recalibrate
+
+for _module in (masks, schedule, lottery):  # `import surgeon.masks` keeps working
+    sys.modules[f"{__name__}.{_module.__name__.rsplit('.', 1)[1]}"] = _module
 
 __all__ = [
-    "slim", "plan", "analyze", "verify", "recalibrate", "Plan", "Report",
+    "slim", "plan", "analyze", "verify", "recalibrate", "Config", "Plan", "Report",
     "masks", "schedule", "lottery", "distributed",
     "export_onnx", "measure", "compare", "OnnxMismatchError",
-    "SurgeonError", "TraceError", "HandlerError", "PlanError", "VerificationError",
+    "SurgeonError", "InputError", "TraceError", "HandlerError", "PlanError", "VerificationError",
 ]

@@ -1,112 +1,92 @@
-"""The structural verbs: `plan`, `slim`, `analyze`."""
+"""The structural verbs: `plan`, `slim`, `analyze` — each runs the core stages in order.
+
+Options come as a `Config` or as keywords (the fields of `Config`); both are checked once.
+"""
 from __future__ import annotations
 
-import math
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+import inspect
 from typing import Any
 
-import torch
 from torch import fx, nn
 from torch.utils._pytree import tree_leaves
 
-from .errors import SurgeonError
-from .groups import couple
-from .importance import Importance, check_importance, score_units
-from .ops import Options
-from .plan import Plan, make_plan, select
-from .rebuild import Undo, clone, rebuild
+from .config import Config, make_config
+from .core.groups import Coupling
+from .core.plan import Plan, make_plan, select
+from .core.propagate import propagate
+from .core.rank import score_units
+from .core.rebuild import INPUTS_ATTR, PLAN_ATTR, Undo, clone, rebuild
+from .core.trace import trace
+from .core.verify import output_shapes
+from .errors import InputError, SurgeonError
 from .report import print_analysis
-from .trace import as_inputs, infer_inputs, trace
-from .verify import output_shapes, remember
+from .util import Inputs, as_inputs, infer_inputs
 
-__all__ = ["plan", "slim", "analyze", "Settings"]
-
-Ignore = Sequence[nn.Module | str]
-Leaves = Sequence[type | str]
+__all__ = ["plan", "slim", "analyze"]
 
 
-@dataclass(frozen=True)
-class Settings:
-    """Everything `plan` / `slim` take besides the model and inputs, checked on creation."""
-
-    ratio: float
-    ignore: Ignore = ()
-    importance: Importance = "l2"
-    round_to: int = 1
-    leaf_modules: Leaves = ()
-    options: Options = field(default_factory=Options)
-
-    def __post_init__(self) -> None:
-        r = self.ratio
-        if isinstance(r, bool) or not isinstance(r, (int, float)) or math.isnan(r) or not 0 <= r < 1:
-            raise ValueError(f"ratio must be a number in [0, 1), got {r!r}")
-        check_importance(self.importance)
-        if isinstance(self.round_to, bool) or not isinstance(self.round_to, int) or self.round_to < 1:
-            raise ValueError(f"round_to must be a positive integer, got {self.round_to!r}")
-
-
-def _inputs(model: nn.Module, example_inputs: Any) -> tuple[torch.Tensor, ...]:
+def _inputs(model: nn.Module, example_inputs: Any) -> Inputs:
+    """The example inputs; a decoder taking `use_cache` gets `use_cache=False` (one graph
+    without a KV cache; the slim model still runs with one)."""
     if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    return infer_inputs(model) if example_inputs is None else as_inputs(example_inputs)
+        raise InputError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    inputs = infer_inputs(model) if example_inputs is None else as_inputs(example_inputs)
+    params = list(inspect.signature(model.forward).parameters)
+    if "use_cache" in params and params.index("use_cache") >= len(inputs.args):
+        inputs = inputs.with_defaults(use_cache=False)
+    return inputs
 
 
-def _plan(model: nn.Module, inputs: tuple[torch.Tensor, ...], s: Settings) -> tuple[Plan, list[tuple[int, ...]]]:
+def _plan(model: nn.Module, inputs: Inputs, config: Config) -> tuple[Plan, list[tuple[int, ...]]]:
     """The plan, and the eval-mode output shapes seen while tracing."""
-    graphs = trace(model, inputs, leaf_modules=s.leaf_modules)
-    coupling = couple(model, graphs, ignore=s.ignore, options=s.options)
-    removed = select(coupling, score_units(model, coupling, s.importance), s.ratio, round_to=s.round_to)
+    graphs = trace(model, inputs, leaf_modules=config.leaf_modules, frontend=config.frontend)
+    coupling = Coupling(propagate(model, graphs, config))
+    removed = select(coupling, score_units(model, coupling, config.importance), config.ratio,
+                     round_to=config.round_to)
     out = next(n for n in reversed(graphs[0].graph.nodes) if n.op == "output")
     shapes = [tuple(n.meta["tensor_meta"].shape) for n in tree_leaves(out.args[0])
               if isinstance(n, fx.Node) and hasattr(n.meta.get("tensor_meta"), "shape")]
-    return make_plan(coupling, removed, s.ratio, model=model), shapes
+    return make_plan(coupling, removed, config.ratio, model=model), shapes
 
 
-def plan(model: nn.Module, ratio: float, example_inputs: Any = None, *, ignore: Ignore = (),
-         importance: Importance = "l2", round_to: int = 1, prune_heads: bool = True,
-         prune_head_dims: bool = False, prune_embed: bool = False, leaf_modules: Leaves = ()) -> Plan:
+def plan(model: nn.Module, ratio: float | Config | None = None, example_inputs: Any = None,
+         **options: Any) -> Plan:
     """Decide what `slim` would remove (same options), without touching the model.
 
     Example:
         >>> p = surgeon.plan(torchvision.models.resnet18(), 0.5)
         >>> slim = p.apply(model)
     """
-    s = Settings(ratio, ignore, importance, round_to, leaf_modules,
-                 Options(prune_heads, prune_head_dims, prune_embed))
-    return _plan(model, _inputs(model, example_inputs), s)[0]
+    config = make_config(ratio, options)
+    return _plan(model, _inputs(model, example_inputs), config)[0]
 
 
-def slim(model: nn.Module, ratio: float, example_inputs: Any = None, *, ignore: Ignore = (),
-         importance: Importance = "l2", round_to: int = 1, prune_heads: bool = True,
-         prune_head_dims: bool = False, prune_embed: bool = False, inplace: bool = False,
-         leaf_modules: Leaves = ()) -> nn.Module:
+def slim(model: nn.Module, ratio: float | Config | None = None, example_inputs: Any = None, *,
+         inplace: bool = False, **options: Any) -> nn.Module:
     """Physically remove `ratio` of every prunable group's channels; same class, same output shape.
 
     Args:
         model: any fx-traceable module (torchvision CNNs work as they are).
         ratio: fraction of each coupled group's units removed, in [0, 1) (rounded down; each
-            group keeps at least one unit).
-        example_inputs: a tensor or tuple of tensors; inferred (1×C×224×224) for vision models.
-        ignore: modules (or their qualified names) whose output channels are kept.
-        importance: "l2" (default), "l1", "random" or callable(tensor, dim) -> per-index scores.
-        round_to: keep every group's width a multiple of this (hardware-friendly widths).
-        prune_heads: attention layers lose whole heads (q, k, v rows and output columns).
-        prune_head_dims: attention layers keep their head count and narrow every head instead.
-        prune_embed: also prune a transformer's embedding dim (LayerNorm: not exact).
+            group keeps at least one unit) — or a `surgeon.Config` holding it and the options.
+        example_inputs: a tensor, a tuple of tensors, or a dict of keyword arguments; inferred
+            (1×C×224×224) for vision models.
         inplace: modify `model` itself instead of a deep copy (restored if anything fails).
-        leaf_modules: module classes or names not to trace into (their channels are kept).
+        **options: the fields of `surgeon.Config` — `ignore`, `importance` ("l2", "l1",
+            "random" or a callable), `round_to`, `prune_heads`, `prune_head_dims`,
+            `prune_embed`, `prune_kv_heads`, `leaf_modules`, `frontend`.
 
     Returns:
-        The slim model; `surgeon.verify(model, slim)` checks mask-equivalence.
+        The slim model; it carries its plan (`slim.surgeon_plan`), so
+        `surgeon.verify(model, slim)` checks mask-equivalence.
 
     Example:
         >>> slim = surgeon.slim(torchvision.models.resnet50(), 0.5)
+        >>> slim = surgeon.slim(model, surgeon.Config(0.5, round_to=8))
     """
-    s = Settings(ratio, ignore, importance, round_to, leaf_modules,
-                 Options(prune_heads, prune_head_dims, prune_embed))
+    config = make_config(ratio, options)
     inputs = _inputs(model, example_inputs)
-    p, expected = _plan(model, inputs, s)
+    p, expected = _plan(model, inputs, config)
     target = model if inplace else clone(model)
     undo = Undo([], [])
     try:
@@ -119,15 +99,16 @@ def slim(model: nn.Module, ratio: float, example_inputs: Any = None, *, ignore: 
         if isinstance(e, SurgeonError):
             raise
         raise SurgeonError(f"the slim {type(model).__name__} does not run ({e}); the model is unchanged") from e
-    remember(target, p, inputs)
+    setattr(target, PLAN_ATTR, p)
+    setattr(target, INPUTS_ATTR, inputs)
     return target
 
 
-def analyze(model: nn.Module, example_inputs: Any = None, *, ratio: float = 0.5, show: bool = True,
-            **options: Any) -> Plan:
+def analyze(model: nn.Module, example_inputs: Any = None, *, ratio: float | Config = 0.5,
+            show: bool = True, **options: Any) -> Plan:
     """Print which groups can be pruned, which are frozen and why; return the plan at `ratio`.
 
-    Takes the keyword options of `plan`.
+    Takes the options of `plan` (a `Config` as `ratio`, or keywords).
 
     Example:
         >>> surgeon.analyze(torchvision.models.squeezenet1_0())
@@ -136,3 +117,4 @@ def analyze(model: nn.Module, example_inputs: Any = None, *, ratio: float = 0.5,
     if show:
         print_analysis(model, p)
     return p
+

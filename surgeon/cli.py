@@ -14,7 +14,7 @@ from torch import nn
 
 from .api import analyze, slim
 from .errors import SurgeonError
-from .verify import verify
+from .core.verify import verify
 
 __all__ = ["main", "build"]
 
@@ -62,11 +62,11 @@ def _run(args: argparse.Namespace) -> None:
     small = slim(model, args.ratio, x, round_to=args.round_to)
     print(f"surgery took {time.perf_counter() - start:.2f} s")
     print(verify(model, small))
-    from .measure import compare, measure
+    from .deploy.measure import compare, measure
 
     compare(measure(model, x, onnx=False, repeats=3), measure(small, x, onnx=False, repeats=3))
     if args.onnx:
-        from .export import export_onnx
+        from .deploy.export import export_onnx
 
         print(export_onnx(small, args.onnx, x))
 

@@ -8,8 +8,9 @@ class SurgeonError(Exception):
     """Base class of all surgeon errors."""
 
 
-class InputError(SurgeonError, TypeError):
-    """Example inputs of the wrong kind (not a tensor or a tuple of tensors)."""
+class InputError(SurgeonError, ValueError, TypeError):
+    """A bad argument: example inputs of the wrong kind, a ratio out of range, an unknown option.
+    Also a `ValueError` and a `TypeError`, so code catching either keeps working."""
 
 
 class TraceError(SurgeonError):

@@ -5,7 +5,7 @@ from rich.console import Console
 from rich.table import Table
 from torch import nn
 
-from .plan import Plan
+from .core.plan import Plan
 
 __all__ = ["print_analysis"]
 

@@ -12,14 +12,14 @@ from torchvision.models import VisionTransformer
 import surgeon
 from surgeon.errors import SurgeonError
 from surgeon.layers import SlimMultiheadAttention
-from surgeon.export import (
+from surgeon.deploy.export import (
     TOLERANCE,
     MissingExtraError,
     OnnxMismatchError,
     export_onnx,
     onnx_session,
 )
-from surgeon.verify import relative_error
+from surgeon.util import relative_error
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")

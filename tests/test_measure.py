@@ -9,7 +9,7 @@ from rich.console import Console
 from torch import nn
 
 from surgeon.errors import SurgeonError
-from surgeon.measure import Measurement, compare, count_macs, count_params, measure, pinned_threads
+from surgeon.deploy.measure import Measurement, compare, count_macs, count_params, measure, pinned_threads
 
 
 def _cnn(width: int) -> nn.Sequential:

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import surgeon
-from surgeon.rebuild import clone, rebuild
+from surgeon.core.rebuild import clone, rebuild
 from util import same_state, state
 
 

@@ -203,8 +203,8 @@ def test_options_run_and_keep_shapes(name, option):
 def test_undo_restores_the_class():
     model = liven(tiny_vit(), X32).eval()
     plan = surgeon.plan(model, 0.5, X32)
-    twin = surgeon.rebuild.clone(model)
-    undo = surgeon.rebuild.rebuild(twin, plan)
+    twin = surgeon.core.rebuild.clone(model)
+    undo = surgeon.core.rebuild.rebuild(twin, plan)
     assert type(twin.encoder.layers[0].self_attention) is SlimMultiheadAttention
     undo()
     assert type(twin.encoder.layers[0].self_attention) is nn.MultiheadAttention

@@ -1,13 +1,17 @@
-"""Per-layer knowledge: one handler module per family, all found through the registry."""
-from . import attention, conv, index, linear, matmul, mha, norm, pointwise, reduce, shape, transformer, vision
-from .context import Ctx, Names, Options
-from .registry import lookup, lookup_resizer, register, registered, resizer
+"""Per-layer knowledge, split by the library that defines the layer, found through one registry.
 
-try:
-    from . import tv_attention
-except ImportError:  # torchvision is optional
-    tv_attention = None
+- `torch/`: PyTorch's own layers and functions (conv, linear, norms, shapes, attention …);
+- `torchvision.py`, `timm.py`, `hf.py` (Hugging Face transformers): those libraries' layers,
+  opaque ops and module attributes (loaded by `load_optional` once the library is imported:
+  a model from a library means the library is loaded, and `import surgeon` stays light);
+- `attention.py`: head-unit helpers the attention handlers share;
+- `registry.py` (`register`, `resizer`, `lookup`) and `context.py` (`Ctx`, what a handler sees).
 
-__all__ = ["Ctx", "Names", "Options", "lookup", "lookup_resizer", "register", "registered", "resizer",
-           "attention", "conv", "index", "linear", "matmul", "mha", "norm", "pointwise", "reduce", "shape",
-           "transformer", "vision"]
+A new layer type's rules go in the module of the library that defines it.
+"""
+from . import torch
+from .context import Ctx, Names
+from .registry import load_optional, lookup, lookup_resizer, register, registered, resizer
+
+__all__ = ["Ctx", "Names", "load_optional", "lookup", "lookup_resizer", "register", "registered",
+           "resizer", "torch"]

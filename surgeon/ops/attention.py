@@ -5,17 +5,21 @@ viewed as [3, heads, head_dim]. With `prune_heads` the rows of one head (in q, k
 matching output-projection columns are one unit; with `prune_head_dims` index j of every head is
 one unit (the count stays, every head narrows — inexact, since the 1/√head_dim scale changes).
 The embedding dimension the layer reads and writes is frozen unless `prune_embed=True`.
+Library-neutral: the timm, torchvision and torch handlers build on these helpers.
 """
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 import numpy as np
 from torch import nn
 
-from ..labels import Labels
-from .context import Ctx
-from .registry import register, resizer
+from ..core.labels import Labels
 
-__all__ = ["head_units", "tie", "embed", "out_projection", "fused_attention", "resize_heads"]
+if TYPE_CHECKING:  # handlers only receive one
+    from .context import Ctx
+
+__all__ = ["head_units", "tie", "embed", "projection_inputs", "out_projection", "fused_attention", "resize_heads"]
 
 _EMBED = "embedding dim of an attention layer (pass prune_embed=True to prune it; not exact)"
 
@@ -59,6 +63,22 @@ def embed(ctx: Ctx, *inputs: Labels) -> None:
     if not ctx.options.prune_embed:
         for x in inputs:
             ctx.freeze(x[-1], _EMBED)
+
+
+def projection_inputs(ctx: Ctx, *heads: np.ndarray | None) -> None:
+    """The width read by the projections that made these head labels (q, k, v) stays unless
+    `prune_embed`: found through the DepGraph (the other dimension of each producing weight),
+    so decomposed attention (torch.export graphs, Hugging Face models) honours the option too."""
+    if ctx.options.prune_embed:
+        return
+    dg = ctx.dg
+    for arr in heads:
+        atoms = arr[arr >= 0] if arr is not None else np.zeros(0, dtype=np.int64)
+        for i in np.unique(dg.space_of(atoms)).tolist():
+            sp = dg.spaces[i]
+            other = dg.by_key.get((sp.name, 1 - sp.dim)) if sp.dim in (0, 1) else None
+            if other is not None:
+                ctx.freeze(dg.spaces[other].atoms, _EMBED)
 
 
 def fused_attention(ctx: Ctx, *, qkv: str = "qkv", proj: str = "proj", heads_attr: str = "num_heads",
@@ -119,16 +139,3 @@ def resize_heads(m: nn.Module, sizes: dict) -> None:
     for norm in (getattr(m, "q_norm", None), getattr(m, "k_norm", None)):
         if isinstance(norm, nn.LayerNorm):
             norm.normalized_shape = (head_dim,)
-
-
-try:
-    from timm.layers import Attention as TimmAttention
-    from timm.models.swin_transformer import WindowAttention as TimmWindowAttention
-except ImportError:  # timm is optional
-    TimmAttention = TimmWindowAttention = None
-
-if TimmAttention is not None:
-    register(TimmAttention)(fused_attention)
-    register(TimmWindowAttention)(lambda ctx: fused_attention(ctx, per_head=(("relative_position_bias_table", 1),)))
-    resizer(TimmAttention, TimmWindowAttention)(resize_heads)
-

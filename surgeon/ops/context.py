@@ -1,27 +1,28 @@
 """`Ctx`: what a handler sees of one fx node, and the verbs it uses to relate atoms."""
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch import fx, nn
 
+from ..core.atoms import DepGraph
+from ..core.labels import Labels, atoms_in, iter_labels
 from ..errors import HandlerError
-from ..graph import DepGraph
-from ..labels import Labels, atoms_in, iter_labels
 
-__all__ = ["Ctx", "Names", "Options"]
+if TYPE_CHECKING:
+    from ..config import Config
+
+__all__ = ["Ctx", "Names", "op_name"]
 
 
-@dataclass(frozen=True)
-class Options:
-    """How attention layers may be cut (see `surgeon.slim`)."""
-
-    prune_heads: bool = True
-    prune_head_dims: bool = False
-    prune_embed: bool = False
+def op_name(target: Any) -> str:
+    """The base name of a call: `"split"` for `torch.split`, `x.split` and `aten.split.Tensor`."""
+    if isinstance(target, str):
+        return target
+    packet = getattr(target, "overloadpacket", None)
+    return getattr(packet if packet is not None else target, "__name__", str(target))
 
 
 class Names:
@@ -41,13 +42,17 @@ class Ctx:
     """One fx node being propagated: its inputs' labels, shapes, module and the DepGraph."""
 
     def __init__(self, node: fx.Node, dg: DepGraph, env: dict[fx.Node, Any], names: Names,
-                 options: Options = Options()) -> None:
+                 options: Config) -> None:
         self.node, self.dg, self._env, self.names, self.options = node, dg, env, names, options
         self.module: nn.Module | None = (
             names.model.get_submodule(node.target) if node.op == "call_module" else None
         )
         target = node.target if isinstance(node.target, str) else getattr(node.target, "__name__", node.target)
         self.where = f"node '{node.name}' ({node.op} {target})"
+        self.op_name = op_name(node.target)
+        self.baked = bool(node.meta.get("baked"))
+        """Literal sizes in this node may have been computed from tensors (torch.export bakes
+        every size `forward` reads into the graph)."""
 
     # inputs ---------------------------------------------------------------------------------
     def lab(self, arg: Any) -> Any:
@@ -130,7 +135,7 @@ class Ctx:
     def enclosing(self) -> tuple[str, nn.Module] | None:
         """(path, module) of the innermost module whose `forward` made this call, if known."""
         stack = self.node.meta.get("nn_module_stack") or {}
-        path = list(stack.values())[-1][0] if stack else ""
+        path = list(stack.values())[-1][0].split("@")[0] if stack else ""  # export: "layer@1" = 2nd call
         try:
             return path, self.names.model.get_submodule(path)
         except AttributeError:
@@ -146,6 +151,17 @@ class Ctx:
         names = [k for k, v in vars(found[1]).items()
                  if not k.startswith("_") and type(v) is int and v == value]
         return (found[0], names[0]) if len(names) == 1 else None
+
+    def head_count_attrs(self, value: int) -> list[tuple[str, str]]:
+        """(module path, name) of the enclosing module's head-count attributes equal to
+        `value` (`num_heads`, `num_attention_heads`, `n_head`, `num_key_value_heads` …; not
+        head widths): they count the heads a head split computes with `-1`."""
+        found = self.enclosing()
+        if found is None:
+            return []
+        return [(found[0], k) for k, v in vars(found[1]).items()
+                if type(v) is int and v == value and "head" in k and not k.startswith("_")
+                and not any(w in k for w in ("dim", "size", "width"))]
 
     # relations ------------------------------------------------------------------------------
     def merge(self, arrs: list[np.ndarray | None]) -> np.ndarray | None:

@@ -11,22 +11,28 @@ Example::
         return ctx.broadcast_merge(ctx.tensor_args())
 
 Keys are module classes (matched exactly, or through a base class whose `forward` the subclass
-does not override), callables (`call_function` targets) or strings (`call_method` names).
+does not override), callables (`call_function` targets; an ATen op matches its overload or its
+overload packet, `aten.add.Tensor` or `aten.add`) or strings (`call_method` names).
 """
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
+from importlib import import_module
 from typing import Any
 
 from torch import nn
 
-__all__ = ["register", "resizer", "lookup", "lookup_resizer", "registered"]
+__all__ = ["register", "resizer", "finisher", "lookup", "lookup_resizer", "finishers", "registered",
+           "load_optional"]
 
 Handler = Callable[..., Any]
 Resizer = Callable[[nn.Module, dict], None]
+Finisher = Callable[[nn.Module, Callable[[object], None]], None]
 
 _HANDLERS: dict[Any, Handler] = {}
 _RESIZERS: dict[type, Resizer] = {}
+_FINISHERS: list[Finisher] = []
 
 
 def register(*keys: Any) -> Callable[[Handler], Handler]:
@@ -51,6 +57,31 @@ def resizer(*types: type) -> Callable[[Resizer], Resizer]:
     return deco
 
 
+_OPTIONAL = {"torchvision": "torchvision", "timm": "timm", "transformers": "hf"}
+"""Libraries with handler modules in `surgeon.ops`, loaded once the library itself is."""
+
+
+def load_optional() -> None:
+    """Import the handlers of every optional library (torchvision, timm, transformers) that
+    the program has imported: its models can only be in play then."""
+    for library, module in _OPTIONAL.items():
+        if library in sys.modules:
+            import_module(f"surgeon.ops.{module}")
+
+
+def finisher(fn: Finisher) -> Finisher:
+    """Register `fn(model, remember)`, run once on the whole model after every resizer (a
+    Hugging Face `config` shared by all layers). It calls `remember(obj)` before changing an
+    object's attributes, so a failed surgery can put them back."""
+    _FINISHERS.append(fn)
+    return fn
+
+
+def finishers() -> list[Finisher]:
+    """The registered finishers, in registration order."""
+    return list(_FINISHERS)
+
+
 def lookup(target: Any) -> Handler | None:
     """Handler for a module instance, a function or a method name; None if unknown."""
     if isinstance(target, nn.Module):
@@ -62,9 +93,11 @@ def lookup(target: Any) -> Handler | None:
                 return _HANDLERS[base]
         return None
     try:
-        return _HANDLERS.get(target)
+        found = _HANDLERS.get(target)
     except TypeError:
         return None
+    packet = getattr(target, "overloadpacket", None)  # aten.add.Tensor → aten.add
+    return found if found is not None or packet is None else _HANDLERS.get(packet)
 
 
 def lookup_resizer(module: nn.Module) -> Resizer | None:

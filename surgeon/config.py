@@ -1,0 +1,99 @@
+"""`Config`: every option of `plan` / `slim` / `analyze` / `schedule`, validated once.
+
+Users may build one and pass it (``surgeon.slim(model, Config(0.5, round_to=8))``, as torchao's
+``quantize_(model, config)`` does) or use the keyword form (``surgeon.slim(model, 0.5,
+round_to=8)``); both end here.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Union
+
+import torch
+from torch import nn
+
+from .errors import InputError
+
+__all__ = ["Config", "Importance", "IMPORTANCES", "FRONTENDS", "make_config"]
+
+Importance = Union[str, Callable[[torch.Tensor, int], torch.Tensor]]
+IMPORTANCES = ("l2", "l1", "random")
+FRONTENDS = ("auto", "fx", "export")
+
+
+@dataclass(frozen=True)
+class Config:
+    """What to remove and how.
+
+    Attributes:
+        ratio: fraction of each coupled group's units removed, in [0, 1) (rounded down; each
+            group keeps at least one unit).
+        ignore: modules (or their qualified names) whose output channels are kept.
+        importance: "l2" (default), "l1", "random" or callable(tensor, dim) -> per-index scores.
+        round_to: keep every group's width a multiple of this (hardware-friendly widths).
+        prune_heads: attention layers lose whole heads (q, k, v rows and output columns).
+        prune_head_dims: attention layers keep their head count and narrow every head instead.
+        prune_embed: also prune a transformer's embedding width (LayerNorm: not exact).
+        prune_kv_heads: grouped-query attention loses whole key/value groups with their query
+            heads (a smaller KV cache); by default query heads leave in equal numbers from
+            every group and the key/value heads stay.
+        leaf_modules: module classes or names not to trace into (their channels are kept).
+        frontend: "fx", "export" (torch.export, for models fx cannot trace, such as Hugging
+            Face transformers) or "auto" (fx first, export when fx fails).
+        strict: a handler that crashes is a bug and raises `HandlerError` (default); with
+            False its channels are kept, with a warning.
+    """
+
+    ratio: float
+    ignore: tuple[nn.Module | str, ...] = ()
+    importance: Importance = "l2"
+    round_to: int = 1
+    prune_heads: bool = True
+    prune_head_dims: bool = False
+    prune_embed: bool = False
+    prune_kv_heads: bool = False
+    leaf_modules: tuple[type | str, ...] = ()
+    frontend: str = "auto"
+    strict: bool = True
+
+    def __post_init__(self) -> None:
+        r = self.ratio
+        if isinstance(r, bool) or not isinstance(r, (int, float)) or math.isnan(r) or not 0 <= r < 1:
+            raise InputError(f"ratio must be a number in [0, 1), got {r!r}; e.g. 0.5 removes half "
+                             "of every group's channels")
+        if not callable(self.importance) and self.importance not in IMPORTANCES:
+            raise InputError(f"importance must be one of {IMPORTANCES} or a callable(tensor, dim), "
+                             f"got {self.importance!r}")
+        if isinstance(self.round_to, bool) or not isinstance(self.round_to, int) or self.round_to < 1:
+            raise InputError(f"round_to must be a positive integer, got {self.round_to!r}")
+        if self.frontend not in FRONTENDS:
+            raise InputError(f"frontend must be one of {FRONTENDS}, got {self.frontend!r}")
+        for name in ("prune_heads", "prune_head_dims", "prune_embed", "prune_kv_heads", "strict"):
+            if not isinstance(getattr(self, name), bool):
+                raise InputError(f"{name} must be True or False, got {getattr(self, name)!r}")
+        for name in ("ignore", "leaf_modules"):
+            value = getattr(self, name)
+            if isinstance(value, (str, nn.Module, type)) or not isinstance(value, Sequence):
+                raise InputError(f"{name} must be a list or tuple, got {value!r}")
+            object.__setattr__(self, name, tuple(value))
+
+
+def make_config(ratio: float | Config | None, options: dict[str, Any]) -> Config:
+    """The `Config` of a verb called as ``verb(model, ratio_or_config, **options)``.
+
+    Example:
+        >>> make_config(0.5, {"round_to": 8}).round_to
+        8
+    """
+    names = {f.name for f in dataclasses.fields(Config)} - {"ratio"}
+    unknown = sorted(set(options) - names)
+    if unknown:
+        raise InputError(f"unknown option(s) {unknown}; the options are {sorted(names)}")
+    if isinstance(ratio, Config):
+        return dataclasses.replace(ratio, **options) if options else ratio
+    if ratio is None:
+        raise InputError("pass a ratio (e.g. 0.5) or a surgeon.Config")
+    return Config(ratio, **options)

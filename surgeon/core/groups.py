@@ -1,0 +1,133 @@
+"""Units and groups: atoms coupled together form a unit (they leave as one); creating spaces
+joined by a shared unit form a group, ranked and cut as one.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import networkx as nx
+import numpy as np
+
+from .atoms import DepGraph, Space
+
+__all__ = ["Group", "Coupling"]
+
+
+@dataclass(frozen=True)
+class Group:
+    """Coupled index spaces that lose the same units. `units` counts removable index classes."""
+
+    id: int
+    spaces: tuple[str, ...]
+    units: int
+    frozen_units: int
+    exact: bool
+    frozen_why: tuple[str, ...] = ()
+    inexact_why: tuple[str, ...] = ()
+
+    @property
+    def prunable(self) -> int:
+        """Units that may leave (a group keeps at least one)."""
+        return min(self.units - self.frozen_units, self.units - 1)
+
+    def __repr__(self) -> str:
+        head = self.spaces[0] if self.spaces else "?"
+        more = f" +{len(self.spaces) - 1}" if len(self.spaces) > 1 else ""
+        flag = "" if self.exact else ", inexact"
+        return f"Group({self.id}: {head}{more}, units={self.units}, frozen={self.frozen_units}{flag})"
+
+
+@dataclass
+class Coupling:
+    """Units (index classes) and groups of a propagated DepGraph.
+
+    The dependency graph proper is a networkx graph over *creating* spaces (conv/linear outputs
+    …): two are joined when a unit spans both (a residual add, a depthwise conv). Its connected
+    components are the groups. Sharing a consumer does not join spaces (Inception's branches
+    feed one concatenation but are ranked separately).
+    """
+
+    dg: DepGraph
+    unit: np.ndarray = field(init=False)
+    n_units: int = field(init=False)
+    group_of: np.ndarray = field(init=False)
+    active: np.ndarray = field(init=False)
+    frozen: np.ndarray = field(init=False)
+    inexact: np.ndarray = field(init=False)
+    graph: nx.Graph = field(init=False)
+    groups: list[Group] = field(init=False)
+    members: list[np.ndarray] = field(init=False)
+    blocks: dict[int, np.ndarray] = field(init=False)
+
+    def __post_init__(self) -> None:
+        dg = self.dg
+        _, self.unit = np.unique(dg.classes(), return_inverse=True)
+        self.n_units = int(self.unit.max()) + 1 if self.unit.size else 0
+        self.active = np.zeros(self.n_units, dtype=bool)
+        self.active[self.unit[dg.active_atoms()]] = True
+        self.frozen = self._flag(dg.frozen)
+        self.inexact = self._flag(dg.inexact)
+        self.graph = self._space_graph()
+        self.group_of = np.full(self.n_units, -1, dtype=np.int64)
+        components = sorted(nx.connected_components(self.graph), key=min)
+        self.members = []
+        for spaces in components:
+            units = np.unique(np.concatenate([self.units_of(self.dg.spaces[i]) for i in spaces]))
+            self.group_of[units] = len(self.members)
+            self.members.append(units)
+        self.blocks = self._balanced()
+        frozen_why, inexact_why = self._reasons(dg.frozen), self._reasons(dg.inexact)
+        self.groups = [
+            Group(id=g, spaces=tuple(str(dg.spaces[i]) for i in sorted(spaces)), units=len(units),
+                  frozen_units=int(self.frozen[units].sum()), exact=not bool(self.inexact[units].any()),
+                  frozen_why=tuple(frozen_why[g][:8]), inexact_why=tuple(inexact_why[g][:8]))
+            for g, (spaces, units) in enumerate(zip(components, self.members))
+        ]
+
+    def _balanced(self) -> dict[int, np.ndarray]:
+        """Per group, its units as rows that must lose equally many (`DepGraph.balance`). A
+        constraint that does not cover exactly one whole group freezes its units instead."""
+        blocks: dict[int, np.ndarray] = {}
+        for rows in self.dg.balanced:
+            units = self.unit[rows]
+            g = int(self.group_of[units.flat[0]])
+            if (g >= 0 and g not in blocks and np.unique(units).size == units.size
+                    and np.array_equal(np.sort(units, axis=None), self.members[g])):
+                blocks[g] = units
+            else:
+                self.dg.freeze(rows.ravel(), "equal counts per key/value group cannot be kept here")
+        self.frozen = self._flag(self.dg.frozen)
+        return blocks
+
+    def units_of(self, sp: Space) -> np.ndarray:
+        """The unit of every index of a space."""
+        return self.unit[sp.start : sp.start + sp.size]
+
+    def _space_graph(self) -> nx.Graph:
+        """Creating spaces, joined where one unit has atoms in both."""
+        graph = nx.Graph()
+        graph.add_nodes_from(sorted(self.dg.active))
+        pairs = np.concatenate([
+            np.stack([self.units_of(self.dg.spaces[i]), np.full(self.dg.spaces[i].size, i)], 1)
+            for i in sorted(self.dg.active)
+        ]) if self.dg.active else np.zeros((0, 2), dtype=np.int64)
+        pairs = np.unique(pairs, axis=0)
+        same = pairs[1:, 0] == pairs[:-1, 0]
+        graph.add_edges_from(zip(pairs[:-1, 1][same].tolist(), pairs[1:, 1][same].tolist()))
+        return graph
+
+    def _flag(self, marks: list[tuple[np.ndarray, str]]) -> np.ndarray:
+        """Units holding a marked atom."""
+        flag = np.zeros(self.n_units, dtype=bool)
+        for atoms, _ in marks:
+            flag[self.unit[atoms]] = True
+        return flag
+
+    def _reasons(self, marks: list[tuple[np.ndarray, str]]) -> list[list[str]]:
+        """Distinct reasons touching each group, in the order they were given."""
+        reasons: list[list[str]] = [[] for _ in self.members]
+        for atoms, reason in marks:
+            for g in np.unique(self.group_of[self.unit[atoms]]).tolist():
+                if g >= 0 and reason not in reasons[g]:
+                    reasons[g].append(reason)
+        return reasons

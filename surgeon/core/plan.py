@@ -1,0 +1,170 @@
+"""Plan: which indices leave which tensors, and why nothing else can — JSON-able.
+
+A plan is computed from a Coupling (units and groups) and unit scores: in each group the
+`floor(ratio · units)` lowest-scored unfrozen units leave (at least one unit stays, and with
+`round_to=N` the kept count is rounded up to a multiple of N). It lists, per tensor dimension,
+the indices removed (and which of those belong to inexact groups), and the size attributes that
+change, so it can be applied to the model later (`Plan.apply`) or sent to other processes.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+from torch import nn
+
+from ..errors import PlanError
+from .groups import Coupling, Group
+
+__all__ = ["Cut", "SizeChange", "Plan", "select", "make_plan", "signature"]
+
+
+@dataclass(frozen=True)
+class Cut:
+    """Indices removed from dimension `dim` of parameter/buffer `tensor` (of size `size`)."""
+
+    tensor: str
+    dim: int
+    size: int
+    remove: tuple[int, ...]
+    inexact: tuple[int, ...] = ()
+
+    def __repr__(self) -> str:
+        return f"Cut({self.tensor}[{self.dim}]: {self.size} -> {self.size - len(self.remove)})"
+
+
+@dataclass(frozen=True)
+class SizeChange:
+    """Module attribute counting indices (e.g. `num_features`): `size` minus `remove`."""
+
+    module: str
+    attr: str
+    size: int
+    remove: int
+    inexact: int = 0
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a slim operation removes. `apply(model)` performs it."""
+
+    ratio: float
+    cuts: tuple[Cut, ...]
+    sizes: tuple[SizeChange, ...]
+    groups: tuple[Group, ...]
+    removed: tuple[int, ...] = field(default=())
+    signature: str = ""
+
+    def __repr__(self) -> str:
+        pruned = sum(1 for r in self.removed if r)
+        return (f"Plan(ratio={self.ratio}, groups={len(self.groups)} ({pruned} pruned), "
+                f"cuts={len(self.cuts)})")
+
+    @property
+    def exact(self) -> bool:
+        """True when every pruned group's removal is exact (mask-equivalent)."""
+        return all(g.exact for g, r in zip(self.groups, self.removed) if r)
+
+    def apply(self, model: nn.Module, *, inplace: bool = False) -> nn.Module:
+        """Rebuild `model` (a deep copy unless `inplace`) with the planned indices removed.
+
+        Example:
+            >>> p = surgeon.plan(model, 0.5)
+            >>> slim = p.apply(model)
+        """
+        from .rebuild import apply_plan  # a plan is data; applying it is the rebuild stage's job
+
+        return apply_plan(model, self, inplace=inplace)
+
+    def to_json(self) -> str:
+        """Serialise (for storage, or to broadcast from rank 0)."""
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> Plan:
+        """Inverse of `to_json`."""
+        d = json.loads(text)
+        try:
+            return cls(
+                ratio=d["ratio"],
+                cuts=tuple(Cut(c["tensor"], c["dim"], c["size"], tuple(c["remove"]), tuple(c["inexact"])) for c in d["cuts"]),
+                sizes=tuple(SizeChange(**s) for s in d["sizes"]),
+                groups=tuple(Group(**{k: tuple(v) if isinstance(v, list) else v for k, v in g.items()}) for g in d["groups"]),
+                removed=tuple(d["removed"]),
+                signature=d.get("signature", ""),
+            )
+        except (KeyError, TypeError) as e:
+            raise PlanError(f"not a surgeon plan: {e}") from e
+
+
+def signature(model: nn.Module) -> str:
+    """Fingerprint of a model's tensor names and shapes (a plan fits only its own model)."""
+    items = [f"{n}:{tuple(t.shape)}" for n, t in [*model.named_parameters(), *model.named_buffers()]]
+    return hashlib.sha1("\n".join(items).encode()).hexdigest()
+
+
+def _unit_widths(coupling: Coupling) -> list[int]:
+    """Per group, the fewest indices one unit spans in any of its creating spaces: 1 for plain
+    channels, a group's channels for grouped convs, 3·head_dim for attention heads."""
+    widths = [0] * len(coupling.groups)
+    for i in coupling.dg.active:
+        units = coupling.units_of(coupling.dg.spaces[i])
+        g = int(coupling.group_of[units[0]])
+        w = units.size // np.unique(units).size
+        widths[g] = min(widths[g], w) if widths[g] else w
+    return widths
+
+
+def select(coupling: Coupling, scores: np.ndarray, ratio: float, *, round_to: int = 1) -> np.ndarray:
+    """Boolean mask of removed units: per group, the lowest-scored unfrozen ones (per row of a
+    balanced group: equally many from each). `round_to` rounds the kept *width* up to a
+    multiple: a unit spanning w indices counts w times."""
+    removed = np.zeros(coupling.n_units, dtype=bool)
+    for group, units, width in zip(coupling.groups, coupling.members, _unit_widths(coupling)):
+        rows = coupling.blocks.get(group.id, units[None])
+        n_rows, n = rows.shape
+        keep = n - math.floor(ratio * n)
+        step = round_to // math.gcd(round_to, max(width * n_rows, 1))
+        keep = min(n, math.ceil(keep / step) * step)
+        free = [row[~coupling.frozen[row]] for row in rows]
+        k = min(n - keep, n - 1, *(f.size for f in free)) if n_rows > 1 else min(n - keep, group.prunable)
+        for row in free if k > 0 else ():
+            removed[row[np.lexsort((row, scores[row]))[:k]]] = True
+    _keep_one_per_space(coupling, scores, removed)
+    return removed
+
+
+def _keep_one_per_space(coupling: Coupling, scores: np.ndarray, removed: np.ndarray) -> None:
+    """A layer must keep an output: restore the best unit of any emptied creating space."""
+    for i in coupling.dg.active:
+        units = coupling.units_of(coupling.dg.spaces[i])
+        if removed[units].all():
+            removed[units[np.argmax(scores[units])]] = False
+
+
+def make_plan(coupling: Coupling, removed: np.ndarray, ratio: float, *, model: nn.Module) -> Plan:
+    """Turn removed units into per-tensor cuts and size changes."""
+    # group_of is -1 for units in no group: the trailing False
+    unit_inexact = np.array([not g.exact for g in coupling.groups] + [False])[coupling.group_of]
+    cuts = []
+    for sp in coupling.dg.spaces:
+        units = coupling.units_of(sp)
+        idx = np.flatnonzero(removed[units])
+        if idx.size:
+            cuts.append(Cut(sp.name, sp.dim, sp.size, tuple(idx.tolist()),
+                            tuple(idx[unit_inexact[units[idx]]].tolist())))
+    sizes = []
+    for (module, attr), labels in coupling.dg.sizes.items():
+        on = labels >= 0
+        gone = np.zeros(labels.size, dtype=bool)
+        gone[on] = removed[coupling.unit[labels[on]]]
+        if gone.any():
+            bad = np.zeros(labels.size, dtype=bool)
+            bad[on] = unit_inexact[coupling.unit[labels[on]]]
+            sizes.append(SizeChange(module, attr, labels.size, int(gone.sum()), int((gone & bad).sum())))
+    per_group = [int(removed[u].sum()) for u in coupling.members]
+    return Plan(ratio=ratio, cuts=tuple(cuts), sizes=tuple(sizes), groups=tuple(coupling.groups),
+                removed=tuple(per_group), signature=signature(model))

@@ -1,0 +1,170 @@
+"""Apply a Plan: new, smaller parameters and buffers, then each module's size attributes.
+
+Every cut tensor is replaced by an `index_select` of its kept indices (a new `nn.Parameter` that
+keeps `requires_grad` and a sliced `.grad`); tied tensors are replaced in every owner. Then the
+resizer registered for each touched module type fixes the attributes its `forward` reads
+(`out_channels`, `groups`, `num_features`, `normalized_shape`, …), and any counted int attribute
+it left alone (ViT's `hidden_dim`) is set to its new size; the ancestors of a touched
+module are resized too (an attention layer reads its projections' widths). The same routine
+builds the verification reference, in which exact removals are zeroed instead of removed.
+"""
+from __future__ import annotations
+
+import copy
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import PlanError
+from ..ops.registry import finishers, load_optional, lookup_resizer
+from .plan import Cut, Plan, signature
+
+__all__ = ["apply_plan", "rebuild", "Undo", "clone", "PLAN_ATTR", "INPUTS_ATTR"]
+
+PLAN_ATTR, INPUTS_ATTR = "surgeon_plan", "surgeon_inputs"
+"""Attributes of a slim model holding the plan it was made by and (from `slim`) the example
+inputs: `surgeon.verify(original, slim)` reads them, so the plan travels with the model."""
+
+
+@dataclass
+class Undo:
+    """What a rebuild replaced, to put the model back exactly if a later check fails."""
+
+    tensors: list[tuple[dict, str, torch.Tensor]]
+    attrs: list[tuple[object, type, dict]]
+
+    def __call__(self) -> None:
+        for store, key, old in reversed(self.tensors):
+            store[key] = old
+        for module, cls, before in reversed(self.attrs):
+            module.__class__ = cls
+            module.__dict__.update(before)
+
+
+def _owners(model: nn.Module) -> dict[int, list[tuple[str, dict, str]]]:
+    """For every tensor: (module name, dict holding it, key) of each place it is stored."""
+    owners: dict[int, list[tuple[str, dict, str]]] = defaultdict(list)
+    for mname, m in model.named_modules(remove_duplicate=False):
+        for store in (m._parameters, m._buffers):
+            for key, t in store.items():
+                if t is not None:
+                    owners[id(t)].append((mname, store, key))
+    return owners
+
+
+def _lookup(model: nn.Module, name: str) -> torch.Tensor:
+    mod, _, attr = name.rpartition(".")
+    try:
+        owner = model.get_submodule(mod) if mod else model
+    except AttributeError as e:
+        raise PlanError(f"plan names tensor '{name}', which {type(model).__name__} does not have") from e
+    t = owner._parameters.get(attr, owner._buffers.get(attr))
+    if t is None:
+        raise PlanError(f"plan names tensor '{name}', which {type(model).__name__} does not have")
+    return t
+
+
+def _sliced(old: torch.Tensor, cuts: list[Cut], drop: Callable[[Cut], tuple[int, ...]],
+            zero: Callable[[Cut], tuple[int, ...]]) -> torch.Tensor:
+    with torch.no_grad():
+        new = old.detach()
+        grad = old.grad
+        for cut in cuts:
+            if tuple(old.shape)[cut.dim] != cut.size:
+                raise PlanError(f"{cut}: tensor has size {old.shape[cut.dim]} in dim {cut.dim}")
+            gone = np.asarray(drop(cut), dtype=np.int64)
+            zeros = np.setdiff1d(np.asarray(zero(cut), dtype=np.int64), gone)
+            if zeros.size and isinstance(old, nn.Parameter):
+                new = new.clone()
+                new.index_fill_(cut.dim, torch.from_numpy(zeros).to(new.device), 0)
+            idx = torch.from_numpy(np.setdiff1d(np.arange(cut.size), gone)).to(new.device)
+            new = new.index_select(cut.dim, idx)
+            grad = grad.index_select(cut.dim, idx) if grad is not None else None
+    if isinstance(old, nn.Parameter):
+        new = nn.Parameter(new.contiguous(), requires_grad=old.requires_grad)
+        new.grad = grad
+    return new
+
+
+def rebuild(model: nn.Module, plan: Plan, *, reference: bool = False, undo: Undo | None = None) -> Undo:
+    """Apply `plan` to `model` in place; with `reference`, zero exact removals instead.
+
+    Records every replacement in `undo` (a new one if None) and returns it.
+    """
+    load_optional()
+    drop = (lambda c: c.inexact) if reference else (lambda c: c.remove)
+    zero = (lambda c: c.remove) if reference else (lambda c: ())
+    by_tensor: dict[str, list[Cut]] = defaultdict(list)
+    for cut in plan.cuts:
+        by_tensor[cut.tensor].append(cut)
+    owners = _owners(model)
+    undo = Undo([], []) if undo is None else undo
+    touched: dict[str, dict] = {}
+    for name, cuts in by_tensor.items():
+        old = _lookup(model, name)
+        new = _sliced(old, cuts, drop, zero)
+        for mname, store, key in owners[id(old)]:
+            undo.tensors.append((store, key, old))
+            store[key] = new
+            touched.setdefault(mname, {})
+    for change in plan.sizes:
+        n = change.inexact if reference else change.remove
+        touched.setdefault(change.module, {})[change.attr] = change.size - n
+    for mname in list(touched):
+        parts = mname.split(".")
+        for k in range(len(parts) if mname else 0):
+            touched.setdefault(".".join(parts[:k]), {})
+    for mname in sorted(touched, key=lambda n: -(n.count(".") + 1 if n else 0)):  # children first
+        sizes = touched[mname]
+        module = model.get_submodule(mname)
+        fix = lookup_resizer(module)
+        counts = {k: v for k, v in sizes.items() if type(getattr(module, k, None)) is int}
+        if fix is None and not counts:
+            continue
+        before = _snapshot(module)
+        undo.attrs.append((module, type(module), before))
+        if fix is not None:
+            fix(module, sizes)
+        module.__dict__.update({k: v for k, v in counts.items() if getattr(module, k) == before.get(k)})
+    for finish in finishers():
+        finish(model, lambda obj: undo.attrs.append((obj, type(obj), _snapshot(obj))))
+    return undo
+
+
+def _snapshot(obj: object) -> dict:
+    """Public attributes to restore on undo (containers copied; objects kept by reference, so
+    a shared `config` stays shared)."""
+    return {k: copy.copy(v) if isinstance(v, (list, dict, set)) else v
+            for k, v in vars(obj).items() if not k.startswith("_")}
+
+
+def clone(model: nn.Module) -> nn.Module:
+    """Deep copy that also copies `.grad` (which `copy.deepcopy` of a Parameter drops)."""
+    twin = copy.deepcopy(model)
+    for p, q in zip(model.parameters(), twin.parameters()):
+        if p.grad is not None:
+            q.grad = p.grad.detach().clone()
+    return twin
+
+
+def apply_plan(model: nn.Module, plan: Plan, *, inplace: bool = False) -> nn.Module:
+    """Return `model` (or a deep copy) rebuilt by `plan`, carrying the plan in `PLAN_ATTR`;
+    the input is untouched on error."""
+    if plan.signature and signature(model) != plan.signature:
+        raise PlanError(
+            f"this plan was made for another model (tensor names or shapes differ from "
+            f"{type(model).__name__}'s); make a new one with surgeon.plan(model, ...)"
+        )
+    target = model if inplace else clone(model)
+    undo = Undo([], [])
+    try:
+        rebuild(target, plan, undo=undo)
+    except Exception:
+        undo()
+        raise
+    setattr(target, PLAN_ATTR, plan)
+    return target

@@ -1,0 +1,193 @@
+"""Trace stage: a model becomes graphs with every node's shape.
+
+Two frontends feed the same later stages. torch.fx (the default): the model is traced in train
+and eval mode when their graphs differ (Inception's auxiliary head only exists in train mode),
+shapes come from running the example inputs through each graph in eval mode under `no_grad`,
+and the caller's train/eval flags are restored afterwards. torch.export (`core.exported`), for
+models fx cannot trace: one eval-mode graph of ATen ops, shapes from its fake tensors.
+`frontend="auto"` tries fx first and export when fx fails; an error names both failures.
+"""
+from __future__ import annotations
+
+import inspect
+import traceback
+from collections.abc import Sequence
+from functools import partial
+from typing import Any
+
+import torch
+from torch import fx, nn
+from torch._subclasses.fake_tensor import FakeTensorMode
+from torch.fx.passes.fake_tensor_prop import FakeTensorProp
+from torch.fx.passes.shape_prop import ShapeProp
+
+from ..errors import InputError, TraceError
+from ..layers.transformer import TRACED_FORWARD
+from ..ops import load_optional, lookup
+from ..util import Inputs, eval_mode, prefer_fake
+from .exported import export_graph, tensor_meta
+
+__all__ = ["trace", "positional", "is_leaf"]
+
+_HOW_TO = (
+    "To make it traceable: pass `leaf_modules=(TheModuleClass,)` so surgeon treats that module "
+    "as one opaque call (its channels are then not pruned), or move the data-dependent Python "
+    "control flow out of `forward` (see torch.fx's 'Limitations of Symbolic Tracing')."
+)
+
+
+def is_leaf(m: nn.Module, qualname: str, leaf_modules: Sequence[type | str] = ()) -> bool:
+    """Whether both frontends keep `m` as one call: it has a handler (and is not one of the
+    `nn.Transformer*` layers traced through), or the user named it in `leaf_modules`."""
+    if any(qualname == x if isinstance(x, str) else isinstance(m, x) for x in leaf_modules):
+        return True
+    return type(m) not in TRACED_FORWARD and lookup(m) is not None
+
+
+class _Tracer(fx.Tracer):
+    """fx tracer that also treats `leaf_modules` as leaves and remembers where it failed."""
+
+    def __init__(self, leaf_modules: Sequence[type | str] = ()) -> None:
+        super().__init__()
+        self.leaves = tuple(leaf_modules)
+        self.failed_in = ""
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        """Layers with a handler, the user's `leaf_modules`, and fx's own leaves (standard
+        torch.nn layers) unless traced through."""
+        if is_leaf(m, qualname, self.leaves):
+            return True
+        return type(m) not in TRACED_FORWARD and super().is_leaf_module(m, qualname)
+
+    def call_module(self, m: nn.Module, forward: Any, args: Any, kwargs: Any) -> Any:
+        """Trace a submodule (`nn.Transformer*` through their composed path, see
+        `surgeon.layers.transformer`); on failure remember the innermost module that failed."""
+        if type(m) in TRACED_FORWARD and not self.is_leaf_module(m, self.path_of_module(m)):
+            forward = partial(TRACED_FORWARD[type(m)], m)
+        try:
+            return super().call_module(m, forward, args, kwargs)
+        except Exception:
+            self.failed_in = self.failed_in or self.path_of_module(m)
+            raise
+
+
+def _where(exc: BaseException) -> str:
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if "/torch/" not in f.filename]
+    return f" at {frames[-1].filename}:{frames[-1].lineno} `{frames[-1].line}`" if frames else ""
+
+
+def _trace_once(model: nn.Module, leaf_modules: Sequence[type | str]) -> fx.GraphModule:
+    tracer = _Tracer(leaf_modules)
+    try:
+        graph = tracer.trace(model)
+    except Exception as e:
+        where = f" inside module '{tracer.failed_in}'" if tracer.failed_in else ""
+        error = TraceError(f"torch.fx could not trace {type(model).__name__}{where}{_where(e)}: "
+                           f"{str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}. {_HOW_TO}")
+        error.__cause__ = e
+        raise _FxFailed(error) from e
+    return fx.GraphModule(tracer.root, graph, type(model).__name__)
+
+
+def _same(a: fx.GraphModule, b: fx.GraphModule) -> bool:
+    key = lambda g: [(n.op, str(n.target)) for n in g.graph.nodes]  # noqa: E731
+    return key(a) == key(b)
+
+
+def positional(model: nn.Module, inputs: Inputs) -> tuple[Any, ...]:
+    """The inputs as positional arguments of `model.forward` (keyword arguments placed by name,
+    defaults filled in between), as an fx graph's placeholders take them."""
+    if not inputs.kwargs:
+        return inputs.args
+    try:
+        bound = inspect.signature(model.forward).bind(*inputs.args, **inputs.kwargs)
+    except TypeError as e:
+        raise InputError(f"example_inputs do not fit {type(model).__name__}.forward: {e}") from e
+    bound.apply_defaults()
+    if bound.kwargs:
+        raise InputError(f"{type(model).__name__}.forward takes **kwargs, which fx cannot trace; "
+                         "pass frontend='export'")
+    return bound.args
+
+
+def trace(model: nn.Module, inputs: Inputs, *, leaf_modules: Sequence[type | str] = (),
+          frontend: str = "auto") -> list[fx.GraphModule]:
+    """Graphs of `model` with `tensor_meta` on every node: from fx (eval mode first, then train
+    mode when it differs) or from torch.export (one eval-mode graph)."""
+    load_optional()
+    if frontend == "export":
+        return [export_graph(model, inputs, lambda m, q: is_leaf(m, q, leaf_modules))]
+    try:
+        return _fx_graphs(model, inputs, leaf_modules)
+    except _FxFailed as e:
+        if frontend == "fx":
+            raise e.error from e.error.__cause__
+        try:
+            return [export_graph(model, inputs, lambda m, q: is_leaf(m, q, leaf_modules))]
+        except TraceError as x:
+            raise TraceError(f"{e.error} — and {x}. Neither frontend can read this model; the "
+                             "failing op or module is named above") from x
+
+
+class _FxFailed(Exception):
+    """fx could not trace the model (symbolic tracing, not a run on the inputs, failed)."""
+
+    def __init__(self, error: TraceError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+def _fx_graphs(model: nn.Module, inputs: Inputs, leaf_modules: Sequence[type | str]) -> list[fx.GraphModule]:
+    try:
+        args = positional(model, inputs)
+    except InputError as e:
+        raise _FxFailed(TraceError(str(e))) from e
+    with eval_mode(model):
+        graphs = []
+        for training in (False, True):
+            model.train(training)
+            gm = _trace_once(model, leaf_modules)
+            if not graphs or not _same(graphs[0], gm):
+                graphs.append(gm)
+        model.eval()
+        fake = prefer_fake(model)
+        for i, gm in enumerate(graphs):
+            _propagate_shapes(gm, args, train_only=i > 0, fake=fake)
+    return graphs
+
+
+def _fake_shapes(gm: fx.GraphModule, inputs: tuple[Any, ...]) -> bool:
+    """`tensor_meta` from a fake-tensor run; False (and nothing left behind) if an op lacks a
+    fake kernel."""
+    try:
+        with torch.no_grad():
+            FakeTensorProp(gm, FakeTensorMode(allow_non_fake_inputs=True)).propagate(*inputs)
+    except Exception:  # an op without a fake-tensor kernel: the caller runs it for real
+        for node in gm.graph.nodes:
+            node.meta.pop("val", None)
+        return False
+    for node in gm.graph.nodes:
+        meta = tensor_meta(node.meta.pop("val", None))
+        if meta is not None:
+            node.meta["tensor_meta"] = meta
+    return True
+
+
+def _propagate_shapes(gm: fx.GraphModule, inputs: tuple[Any, ...], *, train_only: bool,
+                      fake: bool) -> None:
+    """Shapes on every node: with fake tensors (no arithmetic) for large models when every op
+    supports them, else by running the graph for real."""
+    if fake and _fake_shapes(gm, inputs):
+        return
+    try:
+        with torch.no_grad():
+            ShapeProp(gm).propagate(*inputs)
+    except Exception as e:
+        shapes = ", ".join(str(tuple(t.shape)) for t in inputs if isinstance(t, torch.Tensor))
+        which = ("its train-mode graph (layers that only run in training, such as an auxiliary "
+                 "head, are sliced too, so they must run)") if train_only else gm.__class__.__name__
+        raise TraceError(
+            f"running {which} on example inputs of shape {shapes} failed: {e}. "
+            "Pass example_inputs that the model's forward accepts in train and eval mode "
+            "(Inception v3 needs 299×299)."
+        ) from e

@@ -1,0 +1,1 @@
+"""Deployment: ONNX export checked in onnxruntime (`export`), params / MACs / latency (`measure`)."""

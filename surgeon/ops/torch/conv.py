@@ -1,0 +1,93 @@
+"""Convolutions (1d/2d/3d, grouped, depthwise, transposed): create output channel spaces.
+
+A grouped conv (transposed too) couples group k's input channels with its output channels, so
+it loses whole groups (`groups` shrinks with the channels); a depthwise conv is the case of one
+channel a group.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch.nn.functional as F
+from torch import nn
+
+from ...core.labels import Labels
+from ..context import Ctx
+from ..registry import register, resizer
+
+__all__ = ["conv", "conv_transpose", "functional_conv", "resize_conv"]
+
+
+def _couple_groups(ctx: Ctx, in_lab: np.ndarray | None, out: np.ndarray, groups: int) -> None:
+    """Couple every input and output index of each group: groups leave whole."""
+    cols: list[np.ndarray | None] = list(out.reshape(groups, -1).T)
+    cols += [None] if in_lab is None else list(in_lab.reshape(groups, -1).T)
+    ctx.merge(cols)
+
+
+def _relate(ctx: Ctx, in_lab: np.ndarray | None, out: np.ndarray | None, n_out: int,
+            groups: int, bind_in) -> np.ndarray | None:
+    if groups == 1:
+        bind_in(in_lab)
+    else:
+        _couple_groups(ctx, in_lab, out if out is not None else np.full(n_out, -1), groups)
+    return out
+
+
+@register(nn.Conv1d, nn.Conv2d, nn.Conv3d)
+def conv(ctx: Ctx) -> Labels:
+    """Output channels are a new space; input channels bind to weight dim 1."""
+    m, shape = ctx.module, ctx.out_shape
+    cdim = len(shape) - (m.weight.dim() - 2) - 1
+    x = ctx.lab(ctx.arg(0, "input"))
+    out = ctx.param("weight", 0, active=True)
+    ctx.bind("bias", 0, out)
+    _relate(ctx, x[cdim], out, m.out_channels, m.groups, lambda a: ctx.bind("weight", 1, a))
+    return Labels([None] * len(shape)).with_dim(cdim, out)
+
+
+@register(nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+def conv_transpose(ctx: Ctx) -> Labels:
+    """Transposed conv: weight is [in, out/groups, k…]. Ungrouped, weight dim 1 is the output
+    space; grouped, a group's input rows and its out/groups outputs leave together, so the
+    output channels carry the atom of their group (weight dim 1 is shared by all groups)."""
+    m, shape = ctx.module, ctx.out_shape
+    cdim = len(shape) - (m.weight.dim() - 2) - 1
+    x = ctx.lab(ctx.arg(0, "input"))
+    if m.groups == 1:
+        out = ctx.param("weight", 1, active=True)
+        ctx.bind("weight", 0, x[cdim])
+    else:
+        rows = ctx.param("weight", 0, active=True).reshape(m.groups, -1)
+        cols = list(rows.T) + ([] if x[cdim] is None else list(x[cdim].reshape(m.groups, -1).T))
+        group = ctx.merge(cols)
+        out = np.repeat(group, m.out_channels // m.groups)
+    ctx.bind("bias", 0, out)
+    return Labels([None] * len(shape)).with_dim(cdim, out)
+
+
+@register(F.conv1d, F.conv2d, F.conv3d)
+def functional_conv(ctx: Ctx) -> Labels:
+    """`F.conv*d(x, weight, bias, …, groups)` with a weight tensor from the graph."""
+    shape = ctx.out_shape
+    x, w, b = (ctx.lab(ctx.arg(i, n)) for i, n in ((0, "input"), (1, "weight"), (2, "bias")))
+    cdim = len(shape) - (len(w) - 2) - 1
+    out = w[0]
+    ctx.dg.activate(out)
+    if b is not None:
+        ctx.merge([b[0], out])
+    groups = ctx.arg(6, "groups", 1)
+    _relate(ctx, x[cdim], out, shape[cdim], groups, lambda a: ctx.merge([w[1], a]))
+    return Labels([None] * len(shape)).with_dim(cdim, out)
+
+
+@resizer(nn.modules.conv._ConvNd)
+def resize_conv(m: nn.modules.conv._ConvNd, sizes: dict) -> None:
+    """Read channel counts and `groups` back from the sliced weight."""
+    w = m.weight
+    if m.transposed:
+        m.groups = w.shape[0] // (m.in_channels // m.groups)
+        m.in_channels, m.out_channels = w.shape[0], w.shape[1] * m.groups
+        return
+    if m.groups > 1:
+        m.groups = w.shape[0] // (m.out_channels // m.groups)
+    m.out_channels, m.in_channels = w.shape[0], w.shape[1] * m.groups
