@@ -21,6 +21,7 @@ from .core.verify import Report, verify
 from .deploy.export import OnnxMismatchError, export_onnx
 from .deploy.measure import compare, measure
 from .errors import HandlerError, InputError, PlanError, SurgeonError, TraceError, VerificationError
+from .io import load, save
 from .sparse import lottery, masks, schedule
 from .sparse.recalibrate import recalibrate
 
@@ -28,7 +29,7 @@ for _module in (masks, schedule, lottery):  # `import surgeon.masks` keeps worki
     sys.modules[f"{__name__}.{_module.__name__.rsplit('.', 1)[1]}"] = _module
 
 __all__ = [
-    "slim", "plan", "analyze", "verify", "recalibrate", "Config", "Plan", "Report",
+    "slim", "plan", "analyze", "verify", "recalibrate", "save", "load", "Config", "Plan", "Report",
     "masks", "schedule", "lottery", "distributed",
     "export_onnx", "measure", "compare", "OnnxMismatchError",
     "SurgeonError", "InputError", "TraceError", "HandlerError", "PlanError", "VerificationError",

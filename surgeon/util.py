@@ -4,7 +4,10 @@ Nothing here imports another surgeon module except `errors`.
 """
 from __future__ import annotations
 
+import sys
+import warnings
 from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,7 +20,7 @@ from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 from .errors import InputError, TraceError
 
 __all__ = ["Inputs", "as_inputs", "infer_inputs", "eval_mode", "outputs", "relative_error",
-           "count_params", "count_macs", "prefer_fake", "FAKE_ABOVE"]
+           "count_params", "count_macs", "prefer_fake", "FAKE_ABOVE", "warn"]
 
 FAKE_ABOVE = 50_000_000
 """Parameter count above which shapes come from fake tensors: a real forward of a large model
@@ -179,3 +182,11 @@ def count_macs(model: nn.Module, example_inputs: Any) -> int:
     finally:
         torch.backends.mha.set_fastpath_enabled(fastpath)
     return counter.get_total_flops() // 2
+
+
+def warn(message: str) -> None:
+    """A `UserWarning` attributed to the caller's code, outside the surgeon package."""
+    package, level, frame = str(Path(__file__).parent), 2, sys._getframe(1)
+    while frame is not None and frame.f_code.co_filename.startswith(package):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, UserWarning, stacklevel=level)

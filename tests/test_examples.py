@@ -1,4 +1,5 @@
-"""The examples run end to end: the README main job (smaller model, no latency timing) and ViT-B/16."""
+"""The examples run end to end: the README main job (smaller model, no latency timing), ViT-B/16,
+and a real pretrained Hugging Face encoder."""
 import subprocess
 import sys
 from pathlib import Path
@@ -22,3 +23,14 @@ def test_vit_example():
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "12 → 6" in done.stdout and "3072 → 1536" in done.stdout and "Report(OK" in done.stdout
+
+
+def test_hf_bert_example_on_real_weights():
+    done = subprocess.run([sys.executable, str(ROOT / "examples" / "hf_bert.py"), "--ratios", "0.5"],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    out = done.stdout
+    assert "6 layers, 12 heads" in out and out.count("12 → 6") == 6 and "1536 → 768" in out
+    assert "Report(OK" in out and "inexact not checked" in out
+    cosine = float(out.split("cosine mean ")[1].split(",")[0])
+    assert 0.2 < cosine < 0.999  # the embeddings moved, and not into noise

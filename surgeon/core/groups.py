@@ -86,13 +86,15 @@ class Coupling:
 
     def _balanced(self) -> dict[int, np.ndarray]:
         """Per group, its units as rows that must lose equally many (`DepGraph.balance`). A
-        constraint that does not cover exactly one whole group freezes its units instead."""
+        constraint must hold every unfrozen unit of one group (a fused q/k/v projection's group
+        also holds the frozen key/value heads); otherwise its units are frozen instead."""
         blocks: dict[int, np.ndarray] = {}
         for rows in self.dg.balanced:
             units = self.unit[rows]
             g = int(self.group_of[units.flat[0]])
+            rest = np.setdiff1d(self.members[g], units) if g >= 0 else units.ravel()
             if (g >= 0 and g not in blocks and np.unique(units).size == units.size
-                    and np.array_equal(np.sort(units, axis=None), self.members[g])):
+                    and self.frozen[rest].all()):
                 blocks[g] = units
             else:
                 self.dg.freeze(rows.ravel(), "equal counts per key/value group cannot be kept here")

@@ -6,7 +6,6 @@ into an op no handler understands are frozen, with the reason kept.
 """
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -14,9 +13,10 @@ import torch
 from torch import fx, nn
 
 from ..config import Config
-from ..errors import HandlerError
+from ..errors import HandlerError, InputError
 from ..ops import Ctx, Names, lookup
 from ..ops.torch.shape import size_value
+from ..util import warn
 from .atoms import DepGraph
 from .labels import Labels, empty, is_labelled, iter_labels
 
@@ -49,6 +49,8 @@ def _node_step(node: fx.Node, dg: DepGraph, env: dict, names: Names, options: Co
     first_new = dg.n_atoms
     try:
         out = handler(ctx)
+    except InputError:
+        raise
     except Exception as e:
         if not isinstance(e, HandlerError) and options.strict:
             raise HandlerError(
@@ -57,8 +59,7 @@ def _node_step(node: fx.Node, dg: DepGraph, env: dict, names: Names, options: Co
                 "strict=False to keep these channels and go on"
             ) from e
         if not isinstance(e, HandlerError):
-            warnings.warn(f"handler {handler.__name__} failed on {ctx.where} ({e}); its channels are kept",
-                          stacklevel=2)
+            warn(f"handler {handler.__name__} failed on {ctx.where} ({e}); its channels are kept")
         ctx.freeze(inputs, f"handler {handler.__name__} cannot handle {node.format_node()} ({e}); "
                            "its channels are kept")
         dg.freeze(np.arange(first_new, dg.n_atoms), f"{ctx.where}: created by a failed handler")

@@ -40,9 +40,11 @@ class Undo:
     def __call__(self) -> None:
         for store, key, old in reversed(self.tensors):
             store[key] = old
-        for module, cls, before in reversed(self.attrs):
-            module.__class__ = cls
-            module.__dict__.update(before)
+        for obj, cls, before in reversed(self.attrs):
+            obj.__class__ = cls
+            for added in [k for k in vars(obj) if not k.startswith("_") and k not in before]:
+                delattr(obj, added)
+            obj.__dict__.update(before)
 
 
 def _owners(model: nn.Module) -> dict[int, list[tuple[str, dict, str]]]:

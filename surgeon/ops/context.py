@@ -14,7 +14,13 @@ from ..errors import HandlerError
 if TYPE_CHECKING:
     from ..config import Config
 
-__all__ = ["Ctx", "Names", "op_name"]
+__all__ = ["Ctx", "Names", "op_name", "is_head_count"]
+
+
+def is_head_count(name: str) -> bool:
+    """An attribute name that counts heads (`num_heads`, `n_head`, `num_key_value_heads` …),
+    not one that measures a head (`head_dim`, `attention_head_size`)."""
+    return "head" in name and not name.startswith("_") and not any(w in name for w in ("dim", "size", "width"))
 
 
 def op_name(target: Any) -> str:
@@ -160,8 +166,7 @@ class Ctx:
         if found is None:
             return []
         return [(found[0], k) for k, v in vars(found[1]).items()
-                if type(v) is int and v == value and "head" in k and not k.startswith("_")
-                and not any(w in k for w in ("dim", "size", "width"))]
+                if type(v) is int and v == value and is_head_count(k)]
 
     # relations ------------------------------------------------------------------------------
     def merge(self, arrs: list[np.ndarray | None]) -> np.ndarray | None:

@@ -13,14 +13,16 @@ points to `surgeon.save`. Imported only when transformers is installed.
 """
 from __future__ import annotations
 
-import warnings
+import copy
 from collections.abc import Callable
 
+import torch
 from torch import nn
 from transformers import PreTrainedModel
 from transformers.pytorch_utils import Conv1D
 
 from ..core.labels import Labels
+from ..util import warn
 from .context import Ctx
 from .registry import finisher, register, resizer
 
@@ -108,54 +110,84 @@ def resize_module(m: nn.Module, sizes: dict) -> None:
     counts = head_counts(m)
     if counts is not None:
         q, kv, d = counts
-        _set(m, _HEADS, sizes.get(_first_int(m, _HEADS)[0], q) if _first_int(m, _HEADS) else q)
+        _set(m, _HEADS, q)
         _set(m, _KV_HEADS, kv)
         _set(m, ("num_key_value_groups",), q // max(kv, 1))
         _set(m, ("all_head_size", "inner_dim"), q * d)
         if _child(m, ("c_attn",)) is not None:
             _set(m, ("split_size",), q * d)
-    up = _child(m, _UP)
-    if up is not None:
+    up = _child(m, _UP) or _child(m, _Q + _FUSED)
+    if up is not None and _child(m, _UP) is not None:
         _set(m, ("intermediate_size",), _width(up) // (2 if _child(m, ("gate_up_proj",)) else 1))
+    if up is not None:  # the embedding width it reads (prune_embed)
+        _set(m, ("hidden_size",), up.weight.shape[0 if isinstance(up, Conv1D) else 1])
 
 
 def _uniform(values: list[int]) -> int | None:
     return values[0] if values and len(set(values)) == 1 else None
 
 
-@finisher
-def update_config(model: nn.Module, remember: Callable[[object], None]) -> None:
-    """Write the slim widths into the model's config, or warn that it cannot hold them."""
-    if not isinstance(model, PreTrainedModel):
-        return
-    config = model.config
+def _changes(model: PreTrainedModel) -> tuple[dict[str, int], list[str]]:
+    """Config fields the slim widths need, and why the config cannot hold them."""
+    config, changes, problems = model.config, {}, []
     heads = [c for m in model.modules() if (c := head_counts(m)) is not None]
-    problems = []
-    changes: dict[str, int] = {}
     if heads:
         q, kv, d = (_uniform([h[i] for h in heads]) for i in range(3))
-        if q is None or kv is None:
-            problems.append("attention layers keep different head counts")
-        elif q != getattr(config, "num_attention_heads", q) or kv != getattr(config, "num_key_value_heads", kv):
+        if q is None or kv is None or d is None:
+            problems.append("its attention layers now differ in head counts")
+        elif q != config.num_attention_heads or kv != getattr(config, "num_key_value_heads", kv):
             changes["num_attention_heads"] = q
             if hasattr(config, "num_key_value_heads"):
                 changes["num_key_value_heads"] = kv
             if getattr(config, "head_dim", None) is None and config.hidden_size // q != d:
-                problems.append(f"{type(config).__name__} derives the head width from hidden_size / "
-                                "num_attention_heads, which no longer holds")
+                changes["head_dim"] = d
+    embeddings = model.get_input_embeddings()
+    width = getattr(getattr(embeddings, "weight", None), "shape", (0, 0))[-1]
+    if width and width != config.hidden_size:
+        changes["hidden_size"] = width
     key = next((k for k in _MLP_CONFIG if hasattr(config, k)), None)
-    ups = [_width(u) for m in model.modules() if (u := _child(m, _UP)) is not None and m is not model]
+    fused = any(_child(m, ("gate_up_proj",)) is not None for m in model.modules())
+    ups = [_width(u) // (2 if fused else 1) for m in model.modules() if (u := _child(m, _UP)) is not None]
     if key is not None and ups:
         width = _uniform(ups)
         if width is None:
-            problems.append("MLP layers keep different widths")
+            problems.append("its MLP layers now differ in width")
         elif width != getattr(config, key):
-            changes[key] = width // (2 if any(_child(m, ("gate_up_proj",)) for m in model.modules()) else 1)
-    if changes:
-        remember(config)
-        for k, v in changes.items():
-            setattr(config, k, v)
+            changes[key] = width
+    return changes, problems
+
+
+def _mismatch(model: PreTrainedModel) -> str | None:
+    """The first tensor whose shape a model built from `model.config` would get wrong."""
+    try:
+        with torch.device("meta"):
+            fresh = type(model)(copy.deepcopy(model.config))
+    except Exception as e:  # a config this class cannot build from
+        return f"{type(model).__name__} cannot be built from it ({type(e).__name__}: {e})"
+    want = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    for k, v in fresh.state_dict().items():
+        if k in want and tuple(v.shape) != want[k]:
+            return f"{k} would be {tuple(v.shape)} instead of {want[k]}"
+    return None
+
+
+@finisher
+def update_config(model: nn.Module, remember: Callable[[object], None]) -> None:
+    """Write the slim widths into the model's config (keeping the original config as
+    `model.surgeon_config` for `surgeon.save`), or warn that the config cannot hold them."""
+    if not isinstance(model, PreTrainedModel):
+        return
+    changes, problems = _changes(model)
+    if not changes and not problems:
+        return
+    remember(model)
+    remember(model.config)
+    model.surgeon_config = getattr(model, "surgeon_config", None) or model.config.to_dict()
+    for k, v in changes.items():
+        setattr(model.config, k, v)
+    if not problems and (wrong := _mismatch(model)) is not None:
+        problems.append(f"built from it, {wrong}")
     if problems:
-        warnings.warn(f"{type(model).__name__}.config cannot describe the slim model ({'; '.join(problems)}): "
-                      "save it with surgeon.save(slim, dir) and reload it with surgeon.load(dir), "
-                      "not with save_pretrained / from_pretrained", stacklevel=2)
+        warn(f"{type(model).__name__}.config cannot describe the slim model ({'; '.join(problems)}): "
+             "save it with surgeon.save(slim, dir) and reload it with surgeon.load(dir), not with "
+             "save_pretrained / from_pretrained")

@@ -97,16 +97,16 @@ def addmm(ctx: Ctx) -> Labels:
 
 @register(aten.slice)
 def slice_(ctx: Ctx) -> Labels:
-    """`x[..., start:end:step]` along one dimension: the whole extent passes its labels; part of
-    a labelled dimension is frozen (the bounds are numbers in `forward`)."""
+    """`x[..., start:end:step]` along one dimension: the piece keeps its indices' labels. Its
+    bounds were computed in `forward` (torch.export bakes them; Phi-3 splits its fused q/k/v
+    by `config.num_attention_heads · head_dim`, which the rebuild keeps true) — the check
+    after surgery runs the real forward."""
     x, shape = ctx.lab(ctx.arg(0)), ctx.shape(ctx.arg(0))
     dim = ctx.arg(1, "dim", 0) % len(x)
     start, end, step = ctx.arg(2, "start"), ctx.arg(3, "end"), ctx.arg(4, "step", 1)
-    whole = (start in (None, 0)) and (end is None or end >= shape[dim]) and step in (None, 1)
-    if whole or x[dim] is None:
-        return x if whole else x.with_dim(dim, None)
-    ctx.freeze(x[dim], "a labelled dimension is sliced")
-    return x.with_dim(dim, None)
+    if x[dim] is None:
+        return x
+    return x.with_dim(dim, x[dim][slice(start, min(end, shape[dim]) if end is not None else None, step)])
 
 
 @register(aten.select)

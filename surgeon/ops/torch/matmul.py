@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from ...core.labels import Labels
+from ...errors import InputError
 from ..attention import projection_inputs
 from ..context import Ctx
 from ..registry import register
@@ -69,6 +70,11 @@ def _heads(ctx: Ctx, q: np.ndarray | None, kv: np.ndarray | None, n_q: int, n_kv
 def attention(ctx: Ctx) -> Labels:
     """softmax(q kᵀ · scale) v on [..., heads, length, width]: heads as in `_heads`, the q/k
     width coupled (inexact when the scale is the default 1/√width), k/v length coupled."""
+    if ctx.options.prune_head_dims and ctx.baked:
+        raise InputError(
+            f"prune_head_dims cannot narrow the heads of {ctx.where}: attention traced by torch.export "
+            "(Hugging Face models, whose rotary embeddings pair dimensions across each head) keeps "
+            "its head width; use prune_heads instead")
     (q, sq), (k, sk), (v, sv) = ctx.tensor_args()[:3]
     width = ctx.merge([q[-1], k[-1]])
     if ctx.arg(6, "scale") is None:
@@ -78,6 +84,9 @@ def attention(ctx: Ctx) -> Labels:
         return Labels([q[-2], v[-1]])
     projection_inputs(ctx, q[-3], k[-3], v[-3])
     heads = _heads(ctx, q[-3], ctx.merge([k[-3], v[-3]]), sq[-3], sk[-3])
+    mask = ctx.arg(3, "attn_mask")
+    if isinstance(mask_lab := ctx.lab(mask), Labels) and len(mask_lab) >= 3 and ctx.shape(mask)[-3] == sq[-3]:
+        heads = ctx.merge([heads, mask_lab[-3]])  # a per-head bias (T5's relative positions)
     batch = ctx.broadcast_merge(
         [(Labels(t[:-3]), s[:-3]) for t, s in ((q, sq), (k, sk), (v, sv))], out_shape=ctx.out_shape[:-3]
     )

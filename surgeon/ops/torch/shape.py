@@ -17,7 +17,7 @@ from torch import fx, nn
 
 from ...errors import HandlerError
 from ...core.labels import Labels, SizeOf
-from ..context import Ctx
+from ..context import Ctx, is_head_count
 from ..registry import register
 
 __all__ = ["size_value", "reshape_labels", "view", "flatten", "unflatten", "permute", "transpose",
@@ -75,6 +75,8 @@ def reshape_labels(ctx: Ctx, x: Labels, a: tuple[int, ...], b: tuple[int, ...],
         big = [p for p, j in enumerate(jb) if b[j] > 1]
         baked = big if ctx.baked and len(big) == 1 else []  # export: one literal, likely x.size()
         free = [p for p in big if not fixed[jb[p]]] or baked or [p for p in big if jb[p] in attrs]
+        if len(free) > 1:  # `view(b, n, self.num_heads, self.head_dim)`: the head count shrinks
+            free = [p for p in free if jb[p] in attrs and is_head_count(attrs[jb[p]][1])] or free
         if len(free) != 1:
             ctx.freeze(x[k], "reshape fixes the size of a labelled dimension with a literal")
             continue
