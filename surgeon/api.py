@@ -15,11 +15,12 @@ from .core.groups import Coupling
 from .core.plan import Plan, make_plan, select
 from .core.propagate import propagate
 from .core.rank import score_units
-from .core.rebuild import INPUTS_ATTR, PLAN_ATTR, Undo, clone, rebuild
+from .core.rebuild import INPUTS_ATTR, PLAN_ATTR, TIMINGS_ATTR, Undo, clone, rebuild
 from .core.trace import trace
 from .core.verify import output_shapes
 from .errors import InputError, SurgeonError
 from .report import print_analysis
+from .stages import Stages
 from .util import Inputs, as_inputs, infer_inputs
 
 __all__ = ["plan", "slim", "analyze"]
@@ -37,20 +38,25 @@ def _inputs(model: nn.Module, example_inputs: Any) -> Inputs:
     return inputs
 
 
-def _plan(model: nn.Module, inputs: Inputs, config: Config) -> tuple[Plan, list[tuple[int, ...]]]:
+def _plan(model: nn.Module, inputs: Inputs, config: Config, stages: Stages) -> tuple[Plan, list[tuple[int, ...]]]:
     """The plan, and the eval-mode output shapes seen while tracing."""
-    graphs = trace(model, inputs, leaf_modules=config.leaf_modules, frontend=config.frontend)
-    coupling = Coupling(propagate(model, graphs, config))
-    removed = select(coupling, score_units(model, coupling, config.importance), config.ratio,
-                     round_to=config.round_to)
+    with stages.stage("trace"):
+        graphs = trace(model, inputs, leaf_modules=config.leaf_modules, frontend=config.frontend)
+    with stages.stage("propagate"):
+        coupling = Coupling(propagate(model, graphs, config))
+    with stages.stage("rank"):
+        scores = score_units(model, coupling, config.importance)
+    with stages.stage("plan"):
+        p = make_plan(coupling, select(coupling, scores, config.ratio, round_to=config.round_to),
+                      config.ratio, model=model)
     out = next(n for n in reversed(graphs[0].graph.nodes) if n.op == "output")
     shapes = [tuple(n.meta["tensor_meta"].shape) for n in tree_leaves(out.args[0])
               if isinstance(n, fx.Node) and hasattr(n.meta.get("tensor_meta"), "shape")]
-    return make_plan(coupling, removed, config.ratio, model=model), shapes
+    return p, shapes
 
 
-def plan(model: nn.Module, ratio: float | Config | None = None, example_inputs: Any = None,
-         **options: Any) -> Plan:
+def plan(model: nn.Module, ratio: float | Config | None = None, example_inputs: Any = None, *,
+         progress: bool | None = None, **options: Any) -> Plan:
     """Decide what `slim` would remove (same options), without touching the model.
 
     Example:
@@ -58,11 +64,15 @@ def plan(model: nn.Module, ratio: float | Config | None = None, example_inputs: 
         >>> slim = p.apply(model)
     """
     config = make_config(ratio, options)
-    return _plan(model, _inputs(model, example_inputs), config)[0]
+    stages = Stages(show=progress)
+    try:
+        return _plan(model, _inputs(model, example_inputs), config, stages)[0]
+    finally:
+        stages.close()
 
 
 def slim(model: nn.Module, ratio: float | Config | None = None, example_inputs: Any = None, *,
-         inplace: bool = False, **options: Any) -> nn.Module:
+         inplace: bool = False, progress: bool | None = None, **options: Any) -> nn.Module:
     """Physically remove `ratio` of every prunable group's channels; same class, same output shape.
 
     Args:
@@ -72,13 +82,16 @@ def slim(model: nn.Module, ratio: float | Config | None = None, example_inputs: 
         example_inputs: a tensor, a tuple of tensors, or a dict of keyword arguments; inferred
             (1×C×224×224) for vision models.
         inplace: modify `model` itself instead of a deep copy (restored if anything fails).
+        progress: show a progress line for stages running over a second (default: when
+            stderr is a terminal).
         **options: the fields of `surgeon.Config` — `ignore`, `importance` ("l2", "l1",
             "random" or a callable), `round_to`, `prune_heads`, `prune_head_dims`,
             `prune_embed`, `prune_kv_heads`, `leaf_modules`, `frontend`.
 
     Returns:
         The slim model; it carries its plan (`slim.surgeon_plan`), so
-        `surgeon.verify(model, slim)` checks mask-equivalence.
+        `surgeon.verify(model, slim)` checks mask-equivalence, and the seconds each stage
+        took (`slim.surgeon_timings`).
 
     Example:
         >>> slim = surgeon.slim(torchvision.models.resnet50(), 0.5)
@@ -86,26 +99,34 @@ def slim(model: nn.Module, ratio: float | Config | None = None, example_inputs: 
     """
     config = make_config(ratio, options)
     inputs = _inputs(model, example_inputs)
-    p, expected = _plan(model, inputs, config)
-    target = model if inplace else clone(model)
-    undo = Undo([], [])
+    stages = Stages(show=progress)
     try:
-        rebuild(target, p, undo=undo)
-        got = output_shapes(target, inputs)
-        if got != expected:
-            raise SurgeonError(f"output shapes changed from {expected} to {got}: please report this model")
-    except Exception as e:
-        undo()
-        if isinstance(e, SurgeonError):
-            raise
-        raise SurgeonError(f"the slim {type(model).__name__} does not run ({e}); the model is unchanged") from e
+        p, expected = _plan(model, inputs, config, stages)
+        with stages.stage("rebuild"):
+            target = model if inplace else clone(model)
+            undo = Undo([], [])
+        try:
+            with stages.stage("rebuild"):
+                rebuild(target, p, undo=undo)
+            with stages.stage("check"):
+                got = output_shapes(target, inputs)
+            if got != expected:
+                raise SurgeonError(f"output shapes changed from {expected} to {got}: please report this model")
+        except Exception as e:
+            undo()
+            if isinstance(e, SurgeonError):
+                raise
+            raise SurgeonError(f"the slim {type(model).__name__} does not run ({e}); the model is unchanged") from e
+    finally:
+        stages.close()
     setattr(target, PLAN_ATTR, p)
     setattr(target, INPUTS_ATTR, inputs)
+    setattr(target, TIMINGS_ATTR, dict(stages.seconds))
     return target
 
 
 def analyze(model: nn.Module, example_inputs: Any = None, *, ratio: float | Config = 0.5,
-            show: bool = True, **options: Any) -> Plan:
+            show: bool = True, progress: bool | None = None, **options: Any) -> Plan:
     """Print which groups can be pruned, which are frozen and why; return the plan at `ratio`.
 
     Takes the options of `plan` (a `Config` as `ratio`, or keywords).
@@ -113,7 +134,7 @@ def analyze(model: nn.Module, example_inputs: Any = None, *, ratio: float | Conf
     Example:
         >>> surgeon.analyze(torchvision.models.squeezenet1_0())
     """
-    p = plan(model, ratio, example_inputs, **options)
+    p = plan(model, ratio, example_inputs, progress=progress, **options)
     if show:
         print_analysis(model, p)
     return p

@@ -23,11 +23,12 @@ from ..errors import PlanError
 from ..ops.registry import finishers, load_optional, lookup_resizer
 from .plan import Cut, Plan, signature
 
-__all__ = ["apply_plan", "rebuild", "Undo", "clone", "PLAN_ATTR", "INPUTS_ATTR"]
+__all__ = ["apply_plan", "rebuild", "Undo", "clone", "PLAN_ATTR", "INPUTS_ATTR", "TIMINGS_ATTR"]
 
-PLAN_ATTR, INPUTS_ATTR = "surgeon_plan", "surgeon_inputs"
+PLAN_ATTR, INPUTS_ATTR, TIMINGS_ATTR = "surgeon_plan", "surgeon_inputs", "surgeon_timings"
 """Attributes of a slim model holding the plan it was made by and (from `slim`) the example
-inputs: `surgeon.verify(original, slim)` reads them, so the plan travels with the model."""
+inputs and the seconds per stage: `surgeon.verify(original, slim)` reads the first two, so the
+plan travels with the model."""
 
 
 @dataclass
