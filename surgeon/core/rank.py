@@ -18,17 +18,18 @@ __all__ = ["score_units"]
 
 
 def _slice_scores(t: torch.Tensor, dim: int, importance: Importance) -> np.ndarray:
-    """Per-index score contribution of tensor `t` along `dim` (summed over the other dims)."""
-    t = t.detach().float()
+    """Per-index score contribution of tensor `t` along `dim` (summed over the other dims): the
+    squared L2 norm or the L1 norm of each slice, accumulated in float32 without a float copy
+    of the tensor (bfloat16 LLM weights)."""
+    t = t.detach()
     if callable(importance):
-        s = torch.as_tensor(importance(t, dim))
+        s = torch.as_tensor(importance(t.float(), dim))
         if s.shape != (t.shape[dim],):
             raise InputError(f"importance callable returned shape {tuple(s.shape)}, expected ({t.shape[dim]},)")
         return s.double().cpu().numpy()
     other = [d for d in range(t.dim()) if d != dim]
-    if importance == "l1":
-        return t.abs().sum(other).double().cpu().numpy() if other else t.abs().double().cpu().numpy()
-    return t.pow(2).sum(other).double().cpu().numpy() if other else t.pow(2).double().cpu().numpy()
+    norm = torch.linalg.vector_norm(t, ord=1 if importance == "l1" else 2, dim=other or None, dtype=torch.float32)
+    return (norm if importance == "l1" else norm.square()).double().cpu().numpy()
 
 
 def score_units(model: nn.Module, coupling: Coupling, importance: Importance = "l2") -> np.ndarray:
@@ -41,10 +42,13 @@ def score_units(model: nn.Module, coupling: Coupling, importance: Importance = "
         return torch.rand(n, dtype=torch.float64).numpy()
     params = dict(model.named_parameters())
     score = np.zeros(n, dtype=np.float64)
+    wanted = np.zeros(n, dtype=bool)  # only units of groups that can lose some need a score
+    for group, units in zip(coupling.groups, coupling.members):
+        wanted[units] = group.prunable > 0
     for sp in coupling.dg.spaces:
         t = params.get(sp.name)
-        if t is None:
-            continue
         units = coupling.units_of(sp)
+        if t is None or not wanted[units].any():
+            continue
         np.add.at(score, units, _slice_scores(t, sp.dim, importance))
     return np.sqrt(score) if importance == "l2" else score
