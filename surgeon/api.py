@@ -25,6 +25,10 @@ from .util import Inputs, as_inputs, infer_inputs
 
 __all__ = ["plan", "slim", "analyze"]
 
+MAX_RETRIES = 64
+"""Modules `slim` may keep whole (a failing module's class at a time) before giving up on a
+torch.export graph."""
+
 
 def _inputs(model: nn.Module, example_inputs: Any) -> Inputs:
     """The example inputs; a decoder taking `use_cache` gets `use_cache=False` (one graph
@@ -38,21 +42,35 @@ def _inputs(model: nn.Module, example_inputs: Any) -> Inputs:
     return inputs
 
 
-def _plan(model: nn.Module, inputs: Inputs, config: Config, stages: Stages) -> tuple[Plan, list[tuple[int, ...]]]:
-    """The plan, and the eval-mode output shapes seen while tracing."""
+def _graphs(model: nn.Module, inputs: Inputs, config: Config, stages: Stages) -> tuple[list[fx.GraphModule], list[tuple[int, ...]]]:
+    """The traced graphs, and the eval-mode output shapes seen while tracing."""
     with stages.stage("trace"):
         graphs = trace(model, inputs, leaf_modules=config.leaf_modules, frontend=config.frontend)
-    with stages.stage("propagate"):
-        coupling = Coupling(propagate(model, graphs, config))
-    with stages.stage("rank"):
-        scores = score_units(model, coupling, config.importance)
-    with stages.stage("plan"):
-        p = make_plan(coupling, select(coupling, scores, config.ratio, round_to=config.round_to),
-                      config.ratio, model=model)
     out = next(n for n in reversed(graphs[0].graph.nodes) if n.op == "output")
     shapes = [tuple(n.meta["tensor_meta"].shape) for n in tree_leaves(out.args[0])
               if isinstance(n, fx.Node) and hasattr(n.meta.get("tensor_meta"), "shape")]
-    return p, shapes
+    return graphs, shapes
+
+
+def _decide(model: nn.Module, graphs: list[fx.GraphModule], config: Config, stages: Stages,
+            keep: dict[str, str]) -> Plan:
+    with stages.stage("propagate"):
+        coupling = Coupling(propagate(model, graphs, config, keep=keep))
+    with stages.stage("rank"):
+        scores = score_units(model, coupling, config.importance)
+    with stages.stage("plan"):
+        return make_plan(coupling, select(coupling, scores, config.ratio, round_to=config.round_to),
+                         config.ratio, model=model)
+
+
+def _failing_module(model: nn.Module, error: BaseException) -> str | None:
+    """Path of the innermost submodule of `model` whose `forward` raised `error`."""
+    paths = {id(m): p for p, m in model.named_modules() if p}
+    found, tb = None, error.__traceback__
+    while tb is not None:
+        found = paths.get(id(tb.tb_frame.f_locals.get("self")), found)
+        tb = tb.tb_next
+    return found
 
 
 def plan(model: nn.Module, ratio: float | Config | None = None, example_inputs: Any = None, *,
@@ -66,7 +84,7 @@ def plan(model: nn.Module, ratio: float | Config | None = None, example_inputs: 
     config = make_config(ratio, options)
     stages = Stages(show=progress)
     try:
-        return _plan(model, _inputs(model, example_inputs), config, stages)[0]
+        return _decide(model, _graphs(model, _inputs(model, example_inputs), config, stages)[0], config, stages, {})
     finally:
         stages.close()
 
@@ -100,29 +118,52 @@ def slim(model: nn.Module, ratio: float | Config | None = None, example_inputs: 
     config = make_config(ratio, options)
     inputs = _inputs(model, example_inputs)
     stages = Stages(show=progress)
+    keep: dict[str, str] = {}
     try:
-        p, expected = _plan(model, inputs, config, stages)
+        graphs, expected = _graphs(model, inputs, config, stages)
         with stages.stage("rebuild"):
             target = model if inplace else clone(model)
+        while True:
+            p = _decide(model, graphs, config, stages, keep)
             undo = Undo([], [])
-        try:
-            with stages.stage("rebuild"):
-                rebuild(target, p, undo=undo)
-            with stages.stage("check"):
-                got = output_shapes(target, inputs)
-            if got != expected:
-                raise SurgeonError(f"output shapes changed from {expected} to {got}: please report this model")
-        except Exception as e:
-            undo()
-            if isinstance(e, SurgeonError):
-                raise
-            raise SurgeonError(f"the slim {type(model).__name__} does not run ({e}); the model is unchanged") from e
+            try:
+                with stages.stage("rebuild"):
+                    rebuild(target, p, undo=undo)
+                with stages.stage("check"):
+                    got = output_shapes(target, inputs)
+                if got != expected:
+                    raise SurgeonError(f"output shapes changed from {expected} to {got}: please report this model")
+                break
+            except Exception as e:
+                undo()
+                if not _retry(target, graphs, e, keep):
+                    if isinstance(e, SurgeonError):
+                        raise
+                    raise SurgeonError(f"the slim {type(model).__name__} does not run ({e}); the model is "
+                                       "unchanged") from e
     finally:
         stages.close()
     setattr(target, PLAN_ATTR, p)
     setattr(target, INPUTS_ATTR, inputs)
     setattr(target, TIMINGS_ATTR, dict(stages.seconds))
     return target
+
+
+def _retry(target: nn.Module, graphs: list[fx.GraphModule], error: BaseException, keep: dict[str, str]) -> bool:
+    """After a failed run of a slim model traced by torch.export (whose literal sizes may be
+    numbers its `forward` computes otherwise), keep the channels of the module that failed and
+    try again; False when there is nothing to retry (fx graphs are exact: that is a bug)."""
+    exported = any(n.meta.get("baked") for n in graphs[0].graph.nodes)
+    culprit = _failing_module(target, error) if exported else None
+    if culprit is None or culprit in keep or len(keep) >= MAX_RETRIES:
+        return False
+    first = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+    cls = type(target.get_submodule(culprit))
+    for path, m in target.named_modules():  # the same code fails the same way: keep them all
+        if type(m) is cls:
+            keep[path] = (f"{cls.__name__} '{culprit}' does not run once its channels leave ({first}); "
+                          f"every {cls.__name__} keeps its channels")
+    return True
 
 
 def analyze(model: nn.Module, example_inputs: Any = None, *, ratio: float | Config = 0.5,

@@ -244,3 +244,28 @@ def test_export_frontend_gives_the_fx_plan_on_vit_b_16():
     assert {(c.tensor, c.dim): c.remove for c in fx_plan.cuts} == {(c.tensor, c.dim): c.remove for c in ex_plan.cuts}
     assert {g.spaces for g in fx_plan.groups} == {g.spaces for g in ex_plan.groups}
     assert sum(fx_plan.removed) == sum(ex_plan.removed) > 0
+
+
+class _WidthFromInput(nn.Module):
+    """Attention whose head width is read from its input (as timm's ConViT, Twins, CrossViT):
+    torch.export bakes `C // num_heads` into a literal, so the graph alone cannot tell."""
+
+    def __init__(self, dim: int = 16, heads: int = 4) -> None:
+        super().__init__()
+        self.num_heads = heads
+        self.qkv, self.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
+
+    def forward(self, x):
+        b, n, c = x.shape
+        q, k, v = self.qkv(x).reshape(b, n, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4)
+        return self.proj(torch.nn.functional.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, n, c))
+
+
+def test_slim_keeps_a_module_whose_forward_rejects_its_slim_widths():
+    model = nn.Sequential(nn.Linear(8, 16), _WidthFromInput(), nn.Linear(16, 32), nn.GELU(), nn.Linear(32, 3)).eval()
+    x = torch.randn(2, 5, 8)
+    slim = surgeon.slim(model, 0.5, x, frontend="export")
+    assert slim[1].qkv.out_features == 48 and slim[2].out_features == 16  # attention kept, MLP halved
+    reasons = [w for g in slim.surgeon_plan.groups for w in g.frozen_why]
+    assert any("_WidthFromInput '1' does not run once its channels leave" in w for w in reasons)
+    assert surgeon.verify(model, slim).ok

@@ -6,7 +6,7 @@ into an op no handler understands are frozen, with the reason kept.
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -76,23 +76,32 @@ def _attr(model: nn.Module, target: str) -> object:
         return None
 
 
-def propagate(model: nn.Module, graphs: Sequence[fx.GraphModule], config: Config) -> DepGraph:
-    """Walk every graph once, filling a DepGraph with spaces, couplings and frozen atoms."""
+def propagate(model: nn.Module, graphs: Sequence[fx.GraphModule], config: Config, *,
+              keep: Mapping[str, str] | None = None) -> DepGraph:
+    """Walk every graph once, filling a DepGraph with spaces, couplings and frozen atoms.
+
+    `keep` maps module paths to a reason their output channels stay (besides `config.ignore`).
+    """
     dg, names = DepGraph(), Names(model)
     for gm in graphs:
         env: dict[fx.Node, object] = {}
         for node in gm.graph.nodes:
             env[node] = _node_step(node, dg, env, names, config)
-    _freeze_ignored(model, dg, names, config.ignore)
+    for item in config.ignore:
+        label = item if isinstance(item, str) else type(item).__name__
+        _freeze_module(model, dg, names, item, f"ignored by the user ({label})", outputs_only=True)
+    for path, reason in (keep or {}).items():
+        _freeze_module(model, dg, names, path, reason, outputs_only=False)
     return dg
 
 
-def _freeze_ignored(model: nn.Module, dg: DepGraph, names: Names, ignore: Sequence[nn.Module | str]) -> None:
-    for item in ignore:
-        mod = model.get_submodule(item) if isinstance(item, str) else item
-        label = item if isinstance(item, str) else type(item).__name__
-        for t in [*mod.parameters(), *mod.buffers()]:
-            name = names.of(t)
-            for idx in (dg.by_key.get((name, d)) for d in range(t.dim())):
-                if idx is not None and idx in dg.active:
-                    dg.freeze(dg.spaces[idx].atoms, f"ignored by the user ({label})")
+def _freeze_module(model: nn.Module, dg: DepGraph, names: Names, item: nn.Module | str, reason: str, *,
+                   outputs_only: bool) -> None:
+    """Keep the channels the module's parameters create (and, unless `outputs_only`, every
+    width they read: the module stays whole)."""
+    mod = model.get_submodule(item) if isinstance(item, str) else item
+    for t in [*mod.parameters(), *mod.buffers()]:
+        name = names.of(t)
+        for idx in (dg.by_key.get((name, d)) for d in range(t.dim())):
+            if idx is not None and (idx in dg.active or not outputs_only):
+                dg.freeze(dg.spaces[idx].atoms, reason)
