@@ -169,7 +169,7 @@ def test_round_to_counts_channels_not_units():
     assert attn.num_heads == 2 and attn.in_proj_weight.shape[0] % 8 == 0
     grouped = nn.Sequential(nn.Conv2d(3, 32, 1), nn.ReLU(), nn.Conv2d(32, 32, 3, groups=8), nn.Conv2d(32, 2, 1))
     slim = surgeon.slim(grouped, 0.5, X, round_to=8)
-    assert slim[2].groups == 4 and slim[2].out_channels == 16  # 4 of 8 groups of 4 channels
+    assert slim[2].groups == 8 and slim[2].out_channels == slim[2].in_channels == 16  # 8 groups of 2
 
 
 def test_ignore_keeps_a_layer():

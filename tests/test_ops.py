@@ -206,9 +206,9 @@ def test_roundtrip(case):
     assert report.checked, "nothing was pruned"
 
 
-def test_grouped_conv_loses_whole_groups():
+def test_grouped_conv_narrows_every_group_depthwise_loses_whole_groups():
     slim, _ = roundtrip(Grouped(), torch.randn(2, 3, 8, 8))
-    assert slim.group[0].groups == 2 and slim.group[0].out_channels == 16
+    assert slim.group[0].groups == 4 and slim.group[0].out_channels == 16 and slim.group[0].in_channels == 8
     assert slim.dw[0].groups == slim.dw[0].in_channels == slim.dw[0].out_channels
     assert slim.mult.groups == slim.mult.in_channels and slim.mult.out_channels == 2 * slim.mult.groups
 

@@ -55,6 +55,7 @@ class DepGraph:
         self.sizes: dict[tuple[str, str], np.ndarray] = {}
         self.counts: list[tuple[np.ndarray, np.ndarray]] = []
         self.balanced: list[np.ndarray] = []
+        self.blocks: list[list[np.ndarray]] = []
         self.n_atoms = 0
 
     def space(self, name: str, dim: int, size: int, *, active: bool = False) -> np.ndarray:
@@ -112,13 +113,23 @@ class DepGraph:
             self.counts.append((a, b))
 
     def balance(self, rows: np.ndarray) -> None:
-        """The rows of `rows` (atoms, one row per block) must each lose equally many units:
-        the query heads of each key/value group in grouped-query attention."""
-        if (rows >= 0).all():
-            self.balanced.append(np.asarray(rows, dtype=np.int64))
+        """Each row of `rows` (atoms; the equal pieces of a `chunk`, the query heads of each
+        key/value group) must keep equally many indices — not the same ones. A column with an
+        unprunable index is frozen (it stays in every row)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        lone = (rows < 0).any(0)
+        if lone.any():
+            self.freeze(rows[:, lone].ravel(), "equal counts cannot hold beside an unprunable index")
+        if (~lone).sum() > 0:
+            self.balanced.append(rows[:, ~lone])
 
     def classes(self) -> np.ndarray:
-        """Class id (smallest coupled atom) of every atom, with count constraints enforced."""
+        """Class id (smallest coupled atom) of every atom, with count constraints enforced.
+
+        Sets `blocks`: the balance constraints, each as rows of classes. A class split unevenly
+        between rows is frozen; a constraint overlapping another without nesting in one of its
+        rows couples its rows index by index instead, which always holds.
+        """
         while True:
             if self._edges:
                 a = np.concatenate([e[0] for e in self._edges])
@@ -128,7 +139,12 @@ class DepGraph:
             root = connected_atoms(self.n_atoms, a, b)
             broken = [i for i, (x, y) in enumerate(self.counts)
                       if not np.array_equal(np.sort(root[x[x >= 0]]), np.sort(root[y[y >= 0]]))]
-            if not broken:
+            fixed = np.zeros(self.n_atoms, dtype=bool)
+            for atoms, _ in self.frozen:
+                fixed[root[atoms]] = True
+            self.blocks, unbalanced, odd = _blocks(root, self.balanced, fixed)
+            self.freeze(odd, "equal chunks split this channel unevenly (or it counts differently): kept")
+            if not broken and not unbalanced:
                 return root
             for x, y in (self.counts[i] for i in broken):  # each constraint is enforced once
                 if x.size != y.size:
@@ -138,6 +154,10 @@ class DepGraph:
                 lone = (x >= 0) != (y >= 0)
                 self.freeze(np.where(x >= 0, x, y)[lone], "sized in forward from a dimension that is not pruned")
             self.counts = [c for i, c in enumerate(self.counts) if i not in set(broken)]
+            for rows in (self.balanced[i] for i in unbalanced):
+                for row in rows[1:]:
+                    self.union(rows[0], row)
+            self.balanced = [r for i, r in enumerate(self.balanced) if i not in set(unbalanced)]
 
     def active_atoms(self) -> np.ndarray:
         """Boolean mask: atom lies in a space created by a layer (conv/linear output …)."""
@@ -168,3 +188,52 @@ def connected_atoms(n: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
                 break
             parent = nxt
     return parent
+
+
+def _rows_of_classes(classes: np.ndarray, fixed: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
+    """The classes a balance constraint restricts, per row, and the classes to freeze so that
+    it can hold as a count. Classes with equally many entries in every row are left out
+    (removing one keeps the rows equal), and so are frozen ones (`fixed`: they always stay).
+    The rest must each lie in one row with one common multiplicity: a class a chunk boundary
+    splits unevenly, or one of another multiplicity, is frozen."""
+    n_rows = classes.shape[0]
+    ids, inverse = np.unique(classes, return_inverse=True)
+    mult = np.zeros((ids.size, n_rows), dtype=np.int64)
+    np.add.at(mult, (inverse.reshape(classes.shape), np.arange(n_rows)[:, None]), 1)
+    uneven = (mult != mult[:, :1]).any(1) & ~fixed[ids]
+    one_row = (mult > 0).sum(1) == 1
+    values, counts = np.unique(mult.max(1)[uneven & one_row], return_counts=True)
+    usual = mult.max(1) == (values[np.argmax(values * counts)] if values.size else 0)
+    kept = uneven & one_row & usual
+    rows = [ids[kept & (mult[:, r] > 0)] for r in range(n_rows)] if kept.any() else []
+    return rows, ids[uneven & ~kept]
+
+
+def _blocks(root: np.ndarray, balanced: list[np.ndarray],
+            fixed: np.ndarray) -> tuple[list[list[np.ndarray]], list[int], np.ndarray]:
+    """The balance constraints as rows of classes; the indices of those that overlap a larger
+    constraint without lying in one of its rows (constraints must nest, so that selection can
+    solve them one inside another); and the classes to freeze (`_rows_of_classes`)."""
+    found: list[tuple[int, list[np.ndarray]]] = []
+    freeze = [np.zeros(0, dtype=np.int64)]
+    for i, rows in enumerate(balanced):
+        restricted, odd = _rows_of_classes(root[rows], fixed)
+        freeze.append(odd)
+        if restricted:
+            found.append((i, restricted))
+    owner: dict[int, tuple[int, int]] = {}
+    seen: set[tuple[tuple[int, ...], ...]] = set()
+    blocks: list[list[np.ndarray]] = []
+    broken = []
+    for i, rows in sorted(found, key=lambda f: -sum(r.size for r in f[1])):
+        key = tuple(sorted(tuple(r.tolist()) for r in rows))
+        if key in seen:  # the same pieces seen in another graph (train mode) or call
+            continue
+        if len({owner.get(c) for r in rows for c in r.tolist()}) > 1:
+            broken.append(i)
+            continue
+        seen.add(key)
+        for r, row in enumerate(rows):
+            owner.update(dict.fromkeys(row.tolist(), (len(blocks), r)))
+        blocks.append(rows)
+    return blocks, broken, np.concatenate(freeze)

@@ -44,7 +44,9 @@ class Coupling:
     The dependency graph proper is a networkx graph over *creating* spaces (conv/linear outputs
     …): two are joined when a unit spans both (a residual add, a depthwise conv). Its connected
     components are the groups. Sharing a consumer does not join spaces (Inception's branches
-    feed one concatenation but are ranked separately).
+    feed one concatenation but are ranked separately). `blocks[g]`: group g's equal-count
+    constraints, each a list of rows of units that must lose equally many (nested: a smaller
+    one lies inside one row of a larger one, or apart).
     """
 
     dg: DepGraph
@@ -57,7 +59,7 @@ class Coupling:
     graph: nx.Graph = field(init=False)
     groups: list[Group] = field(init=False)
     members: list[np.ndarray] = field(init=False)
-    blocks: dict[int, np.ndarray] = field(init=False)
+    blocks: dict[int, list[list[np.ndarray]]] = field(init=False)
 
     def __post_init__(self) -> None:
         dg = self.dg
@@ -67,7 +69,8 @@ class Coupling:
         self.active[self.unit[dg.active_atoms()]] = True
         self.frozen = self._flag(dg.frozen)
         self.inexact = self._flag(dg.inexact)
-        self.graph = self._space_graph()
+        constraints = [[self.unit[row] for row in rows] for rows in dg.blocks]
+        self.graph = self._space_graph(constraints)
         self.group_of = np.full(self.n_units, -1, dtype=np.int64)
         components = sorted(nx.connected_components(self.graph), key=min)
         self.members = []
@@ -75,7 +78,11 @@ class Coupling:
             units = np.unique(np.concatenate([self.units_of(self.dg.spaces[i]) for i in spaces]))
             self.group_of[units] = len(self.members)
             self.members.append(units)
-        self.blocks = self._balanced()
+        self.blocks = {}
+        for rows in constraints:  # each lies in one group: its spaces were joined
+            g = int(self.group_of[np.concatenate(rows)].max())
+            if g >= 0:
+                self.blocks.setdefault(g, []).append(rows)
         frozen_why, inexact_why = self._reasons(dg.frozen), self._reasons(dg.inexact)
         self.groups = [
             Group(id=g, spaces=tuple(str(dg.spaces[i]) for i in sorted(spaces)), units=len(units),
@@ -84,29 +91,18 @@ class Coupling:
             for g, (spaces, units) in enumerate(zip(components, self.members))
         ]
 
-    def _balanced(self) -> dict[int, np.ndarray]:
-        """Per group, its units as rows that must lose equally many (`DepGraph.balance`). A
-        constraint must hold every unfrozen unit of one group (a fused q/k/v projection's group
-        also holds the frozen key/value heads); otherwise its units are frozen instead."""
-        blocks: dict[int, np.ndarray] = {}
-        for rows in self.dg.balanced:
-            units = self.unit[rows]
-            g = int(self.group_of[units.flat[0]])
-            rest = np.setdiff1d(self.members[g], units) if g >= 0 else units.ravel()
-            if (g >= 0 and g not in blocks and np.unique(units).size == units.size
-                    and self.frozen[rest].all()):
-                blocks[g] = units
-            else:
-                self.dg.freeze(rows.ravel(), "equal counts per key/value group cannot be kept here")
-        self.frozen = self._flag(self.dg.frozen)
-        return blocks
+    def spaces_of(self, group: int) -> list[np.ndarray]:
+        """The units of each creating space of a group (one array per layer output)."""
+        found = [self.units_of(self.dg.spaces[i]) for i in sorted(self.dg.active)]
+        return [u for u in found if u.size and self.group_of[u[0]] == group]
 
     def units_of(self, sp: Space) -> np.ndarray:
         """The unit of every index of a space."""
         return self.unit[sp.start : sp.start + sp.size]
 
-    def _space_graph(self) -> nx.Graph:
-        """Creating spaces, joined where one unit has atoms in both."""
+    def _space_graph(self, constraints: list[list[np.ndarray]]) -> nx.Graph:
+        """Creating spaces, joined where one unit has atoms in both, or where units of both
+        are held to equal counts (`DepGraph.balance`)."""
         graph = nx.Graph()
         graph.add_nodes_from(sorted(self.dg.active))
         pairs = np.concatenate([
@@ -116,6 +112,10 @@ class Coupling:
         pairs = np.unique(pairs, axis=0)
         same = pairs[1:, 0] == pairs[:-1, 0]
         graph.add_edges_from(zip(pairs[:-1, 1][same].tolist(), pairs[1:, 1][same].tolist()))
+        space_of = dict(zip(pairs[:, 0].tolist(), pairs[:, 1].tolist()))
+        for rows in constraints:
+            spaces = sorted({space_of[u] for u in np.concatenate(rows).tolist() if u in space_of})
+            graph.add_edges_from(zip(spaces[:-1], spaces[1:]))
         return graph
 
     def _flag(self, marks: list[tuple[np.ndarray, str]]) -> np.ndarray:

@@ -17,6 +17,7 @@ import numpy as np
 from torch import nn
 
 from ..errors import PlanError
+from .balance import remove_lowest
 from .groups import Coupling, Group
 
 __all__ = ["Cut", "SizeChange", "Plan", "select", "make_plan", "signature"]
@@ -31,6 +32,8 @@ class Cut:
     size: int
     remove: tuple[int, ...]
     inexact: tuple[int, ...] = ()
+    groups: tuple[int, ...] = ()
+    """The group each removed index belongs to (aligned with `remove`): `verify` probes groups."""
 
     def __repr__(self) -> str:
         return f"Cut({self.tensor}[{self.dim}]: {self.size} -> {self.size - len(self.remove)})"
@@ -90,7 +93,8 @@ class Plan:
         try:
             return cls(
                 ratio=d["ratio"],
-                cuts=tuple(Cut(c["tensor"], c["dim"], c["size"], tuple(c["remove"]), tuple(c["inexact"])) for c in d["cuts"]),
+                cuts=tuple(Cut(c["tensor"], c["dim"], c["size"], tuple(c["remove"]), tuple(c["inexact"]),
+                               tuple(c.get("groups", ()))) for c in d["cuts"]),
                 sizes=tuple(SizeChange(**s) for s in d["sizes"]),
                 groups=tuple(Group(**{k: tuple(v) if isinstance(v, list) else v for k, v in g.items()}) for g in d["groups"]),
                 removed=tuple(d["removed"]),
@@ -119,20 +123,22 @@ def _unit_widths(coupling: Coupling) -> list[int]:
 
 
 def select(coupling: Coupling, scores: np.ndarray, ratio: float, *, round_to: int = 1) -> np.ndarray:
-    """Boolean mask of removed units: per group, the lowest-scored unfrozen ones (per row of a
-    balanced group: equally many from each). `round_to` rounds the kept *width* up to a
-    multiple: a unit spanning w indices counts w times."""
+    """Boolean mask of removed units: per group, the lowest-scored unfrozen ones (in a group
+    with equal-count constraints, the cheapest removal that keeps them: `balance`).
+    `round_to` rounds the kept *width* up to a multiple: a unit spanning w indices counts w
+    times."""
     removed = np.zeros(coupling.n_units, dtype=bool)
     for group, units, width in zip(coupling.groups, coupling.members, _unit_widths(coupling)):
-        rows = coupling.blocks.get(group.id, units[None])
-        n_rows, n = rows.shape
+        n = units.size
         keep = n - math.floor(ratio * n)
-        step = round_to // math.gcd(round_to, max(width * n_rows, 1))
+        step = round_to // math.gcd(round_to, max(width, 1))
         keep = min(n, math.ceil(keep / step) * step)
-        free = [row[~coupling.frozen[row]] for row in rows]
-        k = min(n - keep, n - 1, *(f.size for f in free)) if n_rows > 1 else min(n - keep, group.prunable)
-        for row in free if k > 0 else ():
-            removed[row[np.lexsort((row, scores[row]))[:k]]] = True
+        if group.id in coupling.blocks:  # equal counts: chunks, grouped convs, query heads per group
+            removed[remove_lowest(units, ~coupling.frozen, scores, coupling.blocks[group.id], n - keep,
+                                  step=step, spaces=coupling.spaces_of(group.id))] = True
+            continue
+        free = units[~coupling.frozen[units]]
+        removed[free[np.lexsort((free, scores[free]))[:min(n - keep, group.prunable)]]] = True
     _keep_one_per_space(coupling, scores, removed)
     return removed
 
@@ -155,7 +161,8 @@ def make_plan(coupling: Coupling, removed: np.ndarray, ratio: float, *, model: n
         idx = np.flatnonzero(removed[units])
         if idx.size:
             cuts.append(Cut(sp.name, sp.dim, sp.size, tuple(idx.tolist()),
-                            tuple(idx[unit_inexact[units[idx]]].tolist())))
+                            tuple(idx[unit_inexact[units[idx]]].tolist()),
+                            tuple(coupling.group_of[units[idx]].tolist())))
     sizes = []
     for (module, attr), labels in coupling.dg.sizes.items():
         on = labels >= 0

@@ -5,19 +5,32 @@ Groups whose removal is not exact (LayerNorm / softmax / mean over the removed c
 compared by zeroing; the reference model *removes* those and zeroes the exact ones, so the check
 still runs on the real slim model and covers every exact group. The report says which groups were
 checked and which were not, and why.
+
+A check can pass vacuously: where the weights make a group's removed channels matter too little
+(a layer scale of 1e-6, a zero-initialised norm), zeroing them changes nothing the tolerance can
+see. So each checked group is *probed*: its removed parameter slices are given back their
+original values in the reference (every other group's stay zeroed) and the relative change of
+the output is measured; a group changing it by no more than the tolerance is *uninformative*.
 """
 from __future__ import annotations
 
 import copy
+import math
+import time
+from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+import torch
 from torch import nn
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 from ..errors import PlanError, VerificationError
-from ..util import Inputs, as_inputs, infer_inputs, outputs, prefer_fake, relative_error
-from .plan import Plan
+from ..util import Inputs, as_inputs, infer_inputs, outputs, prefer_fake, relative_error, warn
+from .plan import Cut, Plan
 from .rebuild import INPUTS_ATTR, PLAN_ATTR, rebuild
 
 __all__ = ["Report", "verify", "output_shapes"]
@@ -36,12 +49,19 @@ class Report:
     constant: bool = False
     """Every reference output is one repeated value (e.g. a zero-initialised classifier): the
     comparison cannot see the removed channels, so an OK proves nothing."""
+    uninformative: tuple[int, ...] = ()
+    """Checked groups whose removed slices, given back their original values, change the
+    output by no more than the tolerance: on these weights the check cannot see them."""
+    probed: int = 0
+    """How many checked groups were probed one by one (the rest only all together)."""
 
     def __repr__(self) -> str:
         verdict = "OK" if self.ok else "FAILED"
         warning = "; WARNING: the outputs are constant, so this check proves nothing" if self.constant else ""
+        weak = f", {len(self.uninformative)} uninformative" if self.uninformative else ""
         return (f"Report({verdict}: max rel. error {self.max_rel_error:.2e} (tol {self.tolerance:g}), "
-                f"{len(self.checked)} pruned groups checked, {len(self.unchecked)} inexact not checked{warning})")
+                f"{len(self.checked)} pruned groups checked{weak}, {len(self.unchecked)} inexact not "
+                f"checked{warning})")
 
 
 def output_shapes(model: nn.Module, inputs: Inputs) -> list[tuple[int, ...]]:
@@ -56,8 +76,71 @@ def output_shapes(model: nn.Module, inputs: Inputs) -> list[tuple[int, ...]]:
     return [tuple(t.shape) for t in outputs(model, inputs)]
 
 
+def _probe_value(original: torch.Tensor, cuts: list[Cut], given_back: set[int]) -> torch.Tensor:
+    """A reference parameter with the removed slices of `given_back` groups left as they were:
+    the others zeroed, inexact removals dropped (as `rebuild(..., reference=True)` does)."""
+    with torch.no_grad():
+        t = original.detach().clone()
+        for cut in cuts:
+            zero = [i for i, g in zip(cut.remove, cut.groups) if g not in given_back]
+            if zero:
+                t.index_fill_(cut.dim, torch.tensor(zero, device=t.device), 0)
+        for cut in cuts:
+            if cut.inexact:
+                kept = np.setdiff1d(np.arange(cut.size), cut.inexact)
+                t = t.index_select(cut.dim, torch.from_numpy(kept).to(t.device))
+    return t
+
+
+@contextmanager
+def _given_back(original: nn.Module, reference: nn.Module, by_tensor: dict[str, list[Cut]],
+                groups: set[int]) -> Iterator[None]:
+    """The reference with `groups`' removed slices of the parameters in `by_tensor` given back,
+    then zeroed again."""
+    swapped = []
+    try:
+        for name, cuts in by_tensor.items():
+            param = reference.get_parameter(name)
+            swapped.append((param, param.data))
+            param.data = _probe_value(original.get_parameter(name), cuts, groups)
+        yield
+    finally:
+        for param, data in swapped:
+            param.data = data
+
+
+def _uninformative(original: nn.Module, reference: nn.Module, plan: Plan, inputs: Inputs,
+                   expected: list[torch.Tensor], checked: tuple[int, ...], tolerance: float,
+                   seconds: float) -> tuple[tuple[int, ...], int]:
+    """Checked groups whose removed slices change the output by at most `tolerance`, and how
+    many were probed one by one: all of them together first (one forward), then each on its
+    own for as many as `seconds` allow."""
+    params = dict(original.named_parameters())
+    by_tensor: dict[str, list[Cut]] = defaultdict(list)
+    touches: dict[int, set[str]] = defaultdict(set)
+    for cut in plan.cuts:
+        if cut.groups and cut.tensor in params:  # buffers (running statistics) are never zeroed
+            by_tensor[cut.tensor].append(cut)
+            for g in set(cut.groups):
+                touches[g].add(cut.tensor)
+
+    def change(groups: set[int]) -> float:
+        names = set().union(*(touches[g] for g in groups))
+        with _given_back(original, reference, {n: by_tensor[n] for n in names}, groups):
+            got = outputs(reference, inputs)
+        return max((relative_error(a, b) for a, b in zip(got, expected)), default=0.0)
+
+    start = time.perf_counter()
+    if change(set(checked)) <= tolerance:
+        return checked, 0
+    each = time.perf_counter() - start
+    n = len(checked) if math.isinf(seconds) else min(len(checked), int(seconds / max(each, 1e-9)))
+    return tuple(g for g in checked[:n] if change({g}) <= tolerance), n
+
+
 def verify(original: nn.Module, slim: nn.Module, example_inputs: Any = None, *,
-           plan: Plan | None = None, tolerance: float = 1e-4, strict: bool = False) -> Report:
+           plan: Plan | None = None, tolerance: float = 1e-4, strict: bool = False,
+           probe_seconds: float = 5.0) -> Report:
     """Check that `slim` equals `original` with the removed indices zeroed (float tolerance).
 
     Args:
@@ -69,6 +152,9 @@ def verify(original: nn.Module, slim: nn.Module, example_inputs: Any = None, *,
             set by `surgeon.slim` and `Plan.apply`).
         tolerance: largest accepted relative error max|slim − reference| / max|reference|.
         strict: raise `VerificationError` instead of returning a failing report.
+        probe_seconds: time allowed for probing checked groups one by one (one forward each,
+            in plan order) for being uninformative; `math.inf` probes every one, 0 only all
+            of them together. Uninformative groups are recorded and warned about.
 
     Example:
         >>> slim = surgeon.slim(model, 0.5)
@@ -90,15 +176,27 @@ def verify(original: nn.Module, slim: nn.Module, example_inputs: Any = None, *,
     shapes_equal = [t.shape for t in expected] == [t.shape for t in got]
     err = max((relative_error(a, b) for a, b in zip(got, expected)), default=0.0) if shapes_equal else float("inf")
     pruned = [(g, r) for g, r in zip(plan.groups, plan.removed) if r]
+    checked = tuple(g.id for g, _ in pruned if g.exact)
+    weak, probed = (), 0
+    if checked and shapes_equal and any(c.groups for c in plan.cuts):
+        weak, probed = _uninformative(original, reference, plan, inputs, expected, checked,
+                                      tolerance, probe_seconds)
     report = Report(
         ok=shapes_equal and err <= tolerance,
         max_rel_error=err,
         tolerance=tolerance,
-        checked=tuple(g.id for g, _ in pruned if g.exact),
+        checked=checked,
         unchecked=tuple((g.id, g.inexact_why[0]) for g, _ in pruned if not g.exact),
         shapes_equal=shapes_equal,
         constant=all(t.numel() < 2 or bool((t == t.flatten()[0]).all()) for t in expected),
+        uninformative=weak,
+        probed=probed,
     )
+    if weak:
+        warn(f"verify: {len(weak)} of {len(checked)} checked groups are uninformative (ids "
+             f"{list(weak[:8])}{' …' if len(weak) > 8 else ''}): giving their removed channels back "
+             f"changes the output by at most the tolerance {tolerance:g}, so on these weights "
+             "the check cannot see them (near-zero layer scales or norm weights?)")
     if strict and not report.ok:
         raise VerificationError(repr(report))
     return report

@@ -1,14 +1,19 @@
 """Convolutions (1d/2d/3d, grouped, depthwise, transposed): create output channel spaces.
 
-A grouped conv (transposed too) couples group k's input channels with its output channels, so
-it loses whole groups (`groups` shrinks with the channels); a depthwise conv is the case of one
-channel a group.
+A grouped conv whose groups have several inputs and several outputs keeps its `groups` and
+narrows every group: input index j of every group leaves together (the weight's input
+dimension is shared by the groups), outputs leave in equal numbers from every group
+(`DepGraph.balance`). A depthwise conv (one input a group), or one output a group, couples
+each group's inputs with its outputs, so it loses whole groups and `groups` shrinks with them.
+Grouped transposed convs lose whole groups.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch.nn.functional as F
-from torch import nn
+from torch import fx, nn
 
 from ...core.labels import Labels
 from ..context import Ctx
@@ -24,13 +29,21 @@ def _couple_groups(ctx: Ctx, in_lab: np.ndarray | None, out: np.ndarray, groups:
     ctx.merge(cols)
 
 
-def _relate(ctx: Ctx, in_lab: np.ndarray | None, out: np.ndarray | None, n_out: int,
-            groups: int, bind_in) -> np.ndarray | None:
+def _relate(ctx: Ctx, in_lab: np.ndarray | None, out: np.ndarray | None, shape: tuple[int, int],
+            groups: int, bind_in: Callable[[np.ndarray | None], None]) -> bool:
+    """Relate a conv's input and output channels (`shape`: their counts); True when whole
+    groups leave (`groups` shrinks)."""
     if groups == 1:
         bind_in(in_lab)
-    else:
-        _couple_groups(ctx, in_lab, out if out is not None else np.full(n_out, -1), groups)
-    return out
+        return False
+    if min(shape[0], shape[1]) // groups > 1:
+        for row in in_lab.reshape(groups, -1) if in_lab is not None else ():
+            bind_in(row)
+        if out is not None:
+            ctx.dg.balance(out.reshape(groups, -1))
+        return False
+    _couple_groups(ctx, in_lab, out if out is not None else np.full(shape[1], -1), groups)
+    return True
 
 
 @register(nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -41,7 +54,10 @@ def conv(ctx: Ctx) -> Labels:
     x = ctx.lab(ctx.arg(0, "input"))
     out = ctx.param("weight", 0, active=True)
     ctx.bind("bias", 0, out)
-    _relate(ctx, x[cdim], out, m.out_channels, m.groups, lambda a: ctx.bind("weight", 1, a))
+    whole = _relate(ctx, x[cdim], out, (m.in_channels, m.out_channels), m.groups,
+                    lambda a: ctx.bind("weight", 1, a))
+    if whole and out is not None:
+        ctx.track("groups", out.reshape(m.groups, -1)[:, 0], m.groups)
     return Labels([None] * len(shape)).with_dim(cdim, out)
 
 
@@ -67,7 +83,8 @@ def conv_transpose(ctx: Ctx) -> Labels:
 
 @register(F.conv1d, F.conv2d, F.conv3d)
 def functional_conv(ctx: Ctx) -> Labels:
-    """`F.conv*d(x, weight, bias, …, groups)` with a weight tensor from the graph."""
+    """`F.conv*d(x, weight, bias, …, groups)` with a weight tensor from the graph; a literal
+    `groups` cannot shrink, so such a conv never loses whole groups."""
     shape = ctx.out_shape
     x, w, b = (ctx.lab(ctx.arg(i, n)) for i, n in ((0, "input"), (1, "weight"), (2, "bias")))
     cdim = len(shape) - (len(w) - 2) - 1
@@ -76,18 +93,21 @@ def functional_conv(ctx: Ctx) -> Labels:
     if b is not None:
         ctx.merge([b[0], out])
     groups = ctx.arg(6, "groups", 1)
-    _relate(ctx, x[cdim], out, shape[cdim], groups, lambda a: ctx.merge([w[1], a]))
+    channels = (ctx.shape(ctx.arg(0, "input"))[cdim], shape[cdim])
+    count = channels[0] // ctx.shape(ctx.arg(1, "weight"))[1]
+    if _relate(ctx, x[cdim], out, channels, count, lambda a: ctx.merge([w[1], a])) and not isinstance(groups, fx.Node):
+        ctx.freeze(Labels([x[cdim], out]), "a grouped conv with a literal `groups` cannot lose whole groups")
     return Labels([None] * len(shape)).with_dim(cdim, out)
 
 
 @resizer(nn.modules.conv._ConvNd)
 def resize_conv(m: nn.modules.conv._ConvNd, sizes: dict) -> None:
-    """Read channel counts and `groups` back from the sliced weight."""
+    """Read channel counts back from the sliced weight; `groups` from the plan (whole groups
+    left) or, for transposed convs, from the weight."""
     w = m.weight
     if m.transposed:
         m.groups = w.shape[0] // (m.in_channels // m.groups)
         m.in_channels, m.out_channels = w.shape[0], w.shape[1] * m.groups
         return
-    if m.groups > 1:
-        m.groups = w.shape[0] // (m.out_channels // m.groups)
+    m.groups = sizes.get("groups", m.groups)
     m.out_channels, m.in_channels = w.shape[0], w.shape[1] * m.groups

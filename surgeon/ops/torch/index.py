@@ -1,8 +1,9 @@
 """Concatenation, stacking, splitting and indexing.
 
 `cat` along channels gives each input an offset slice of the output space; equal `chunk`s
-(ShuffleNet) couple index j of every chunk so they stay equal; literal split sizes, integer
-indices or partial slices on a labelled dimension freeze it (the forward fixes those numbers).
+(ShuffleNet) must keep equal counts (`DepGraph.balance`), not the same indices; literal split
+sizes, integer indices or partial slices on a labelled dimension freeze it (the forward fixes
+those numbers).
 """
 from __future__ import annotations
 
@@ -54,29 +55,34 @@ def stack(ctx: Ctx) -> Labels:
 @register("split", torch.split, "chunk", torch.chunk, "unbind", torch.unbind,
           "tensor_split", torch.tensor_split)
 def split(ctx: Ctx) -> tuple:
-    """Pieces along a dimension; equal pieces from a count couple index j across pieces."""
+    """Pieces along a dimension, each with its own indices' labels. Equal pieces from a count
+    (`chunk(n)`; torch.export's `split` of a size it computed) must keep equal counts, not the
+    same indices; literal piece sizes on a labelled dimension freeze it."""
     x = ctx.lab(ctx.node.args[0])
     name = ctx.op_name
     how = ctx.arg(1, "split_size_or_sections" if name == "split" else "chunks")
     d = ctx.arg(1 if name == "unbind" else 2, "dim", 0) % len(x)
     pieces = ctx.node.meta["tensor_meta"]
     sizes = [p.shape[d] if name != "unbind" else 1 for p in pieces]
-    out = list(empty(pieces))
     lab = x[d]
+    rows: list[np.ndarray | None] = [None] * len(sizes)
     if lab is not None:
-        by_count = name in ("chunk", "split") and isinstance(how, int) and len(set(sizes)) == 1
-        if by_count:
-            lab = ctx.merge(list(lab.reshape(len(sizes), -1)))
+        by_count = (name in ("chunk", "tensor_split") or ctx.baked and name == "split") and isinstance(how, int)
+        if by_count and len(set(sizes)) == 1 and len(sizes) > 1:
+            rows = list(lab.reshape(len(sizes), -1))
+            ctx.dg.balance(np.stack(rows))
+        elif by_count and len(sizes) == 1:
+            rows = [lab]
         else:
             ctx.freeze(lab, f"{name} with literal sizes on a labelled dimension")
-            lab = None
-    for i in range(len(out)):
+    out = []
+    for row in rows:
         dims = list(x)
         if name == "unbind":
             dims.pop(d)
         else:
-            dims[d] = lab
-        out[i] = Labels(dims)
+            dims[d] = row
+        out.append(Labels(dims))
     return tuple(out)
 
 
