@@ -64,3 +64,61 @@ def liven(model: nn.Module, x: torch.Tensor) -> nn.Module:
                 p.copy_(torch.rand(p.shape, generator=g) + 0.5)
     batch = x.repeat(4, 1, 1, 1) + 0.1 * torch.randn((4 * len(x), *x.shape[1:]), generator=g)
     return surgeon.recalibrate(model, [batch]).eval()
+
+
+def _bits(t: torch.Tensor) -> torch.Tensor:
+    """The raw bytes of a tensor (NaN equals NaN); a meta tensor only has its shape."""
+    t = t.detach()
+    return t if t.is_meta else t.cpu().contiguous().reshape(-1).view(torch.uint8).clone()
+
+
+def _hooks(m: nn.Module) -> tuple:
+    return tuple(dict(getattr(m, k)) for k in ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks",
+                                               "_backward_pre_hooks", "_state_dict_hooks",
+                                               "_load_state_dict_pre_hooks"))
+
+
+def snapshot(model: nn.Module) -> dict:
+    """Everything a surgery must leave alone: every module's class, mode, hooks and public
+    attributes, every parameter's object, bytes, requires_grad and gradient, every buffer."""
+    modules = {name: (m, type(m), m.training, _hooks(m), {k: v for k, v in vars(m).items() if not k.startswith("_")},
+                      set(vars(m)))
+               for name, m in model.named_modules(remove_duplicate=False)}
+    params = {name: (p, _bits(p), p.dtype, p.device, p.requires_grad, None if p.grad is None else _bits(p.grad))
+              for name, p in model.named_parameters(remove_duplicate=False)}
+    buffers = {name: (b, _bits(b), b.dtype) for name, b in model.named_buffers(remove_duplicate=False)}
+    return {"modules": modules, "params": params, "buffers": buffers}
+
+
+def _same(a: object, b: object) -> bool:
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        return a is b
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return type(a) is type(b) and len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    return a is b or a == b
+
+
+def assert_unchanged(model: nn.Module, before: dict) -> None:
+    """`model` is bit-identical to its `snapshot`."""
+    now = snapshot(model)
+    assert now["modules"].keys() == before["modules"].keys(), "modules added or removed"
+    for name, (m, cls, training, hooks, attrs, keys) in before["modules"].items():
+        m2, cls2, training2, hooks2, attrs2, keys2 = now["modules"][name]
+        assert keys2 == keys, f"'{name}' gained or lost attributes: {keys ^ keys2}"
+        assert m2 is m and cls2 is cls, f"module '{name}' replaced or its class switched"
+        assert training2 == training, f"module '{name}' changed mode"
+        assert _same(hooks2, hooks), f"hooks of '{name}' changed"
+        assert _same(attrs2, attrs), f"attributes of '{name}' changed: {attrs} -> {attrs2}"
+    assert now["params"].keys() == before["params"].keys()
+    for name, (p, bits, dtype, device, grad_on, grad) in before["params"].items():
+        p2, bits2, dtype2, device2, grad_on2, grad2 = now["params"][name]
+        assert p2 is p and dtype2 == dtype and device2 == device and grad_on2 == grad_on, name
+        assert (bits2.shape == bits.shape) if p.is_meta else torch.equal(bits2, bits), f"parameter '{name}' changed"
+        assert (grad is None) == (grad2 is None) and (grad is None or torch.equal(grad, grad2)), name
+    assert now["buffers"].keys() == before["buffers"].keys()
+    for name, (b, bits, dtype) in before["buffers"].items():
+        b2, bits2, dtype2 = now["buffers"][name]
+        assert b2 is b and dtype2 == dtype, name
+        assert (bits2.shape == bits.shape) if b.is_meta else torch.equal(bits2, bits), f"buffer '{name}' changed"

@@ -30,9 +30,9 @@ def _node_step(node: fx.Node, dg: DepGraph, env: dict, names: Names, options: Co
         return empty(meta)
     if node.op == "get_attr":
         value = _attr(names.model, node.target)
-        if not isinstance(value, torch.Tensor):
+        name = names.of(value) if isinstance(value, torch.Tensor) else None
+        if name is None:  # not a parameter or buffer (a tensor computed while tracing): fixed
             return empty(meta)
-        name = names.of(value) or node.target
         return Labels(dg.space(name, d, s) if s > 1 else None for d, s in enumerate(value.shape))
     ctx = Ctx(node, dg, env, names, options)
     if node.op == "output":

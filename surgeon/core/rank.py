@@ -17,6 +17,23 @@ from .groups import Coupling
 __all__ = ["score_units"]
 
 
+def _checked(t: torch.Tensor, name: str, dim: int, importance: Importance) -> np.ndarray:
+    """`_slice_scores`, refused where a ranking would be meaningless: NaN / Inf weights (or
+    scores), or no values at all (the meta device) for a criterion that reads them."""
+    if t.is_meta and not callable(importance):
+        raise InputError(f"parameter '{name}' is on the meta device: it has no values to rank by; "
+                         "pass importance='random' or a callable(tensor, dim) that uses shapes only")
+    try:
+        scores = _slice_scores(t, dim, importance)
+    except NotImplementedError as e:  # a callable returned a meta tensor
+        raise InputError(f"importance on meta parameter '{name}' must return real scores: {e}") from e
+    if not np.isfinite(scores).all():
+        what = "holds NaN or Inf values" if not bool(torch.isfinite(t).all()) else "has NaN or Inf importance scores"
+        raise InputError(f"parameter '{name}' {what}: a ranking of its channels would be "
+                         "meaningless; fix the weights or the importance first")
+    return scores
+
+
 def _slice_scores(t: torch.Tensor, dim: int, importance: Importance) -> np.ndarray:
     """Per-index score contribution of tensor `t` along `dim` (summed over the other dims): the
     squared L2 norm or the L1 norm of each slice, accumulated in float32 without a float copy
@@ -28,7 +45,8 @@ def _slice_scores(t: torch.Tensor, dim: int, importance: Importance) -> np.ndarr
             raise InputError(f"importance callable returned shape {tuple(s.shape)}, expected ({t.shape[dim]},)")
         return s.double().cpu().numpy()
     other = [d for d in range(t.dim()) if d != dim]
-    norm = torch.linalg.vector_norm(t, ord=1 if importance == "l1" else 2, dim=other or None, dtype=torch.float32)
+    norm = torch.linalg.vector_norm(t, ord=1 if importance == "l1" else 2, dim=other or None,
+                                   dtype=torch.promote_types(t.dtype, torch.float32))
     return (norm if importance == "l1" else norm.square()).double().cpu().numpy()
 
 
@@ -50,5 +68,5 @@ def score_units(model: nn.Module, coupling: Coupling, importance: Importance = "
         units = coupling.units_of(sp)
         if t is None or not wanted[units].any():
             continue
-        np.add.at(score, units, _slice_scores(t, sp.dim, importance))
+        np.add.at(score, units, _checked(t, sp.name, sp.dim, importance))
     return np.sqrt(score) if importance == "l2" else score

@@ -78,15 +78,19 @@ def _where(exc: BaseException) -> str:
 
 def _trace_once(model: nn.Module, leaf_modules: Sequence[type | str]) -> fx.GraphModule:
     tracer = _Tracer(leaf_modules)
+    before = set(vars(model))
     try:
         graph = tracer.trace(model)
+        return fx.GraphModule(tracer.root, graph, type(model).__name__)
     except Exception as e:
         where = f" inside module '{tracer.failed_in}'" if tracer.failed_in else ""
         error = TraceError(f"torch.fx could not trace {type(model).__name__}{where}{_where(e)}: "
                            f"{str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}. {_HOW_TO}")
         error.__cause__ = e
         raise _FxFailed(error) from e
-    return fx.GraphModule(tracer.root, graph, type(model).__name__)
+    finally:  # fx stores tensors computed while tracing (`_tensor_constant0`) on the model
+        for key in set(vars(model)) - before:
+            delattr(model, key)
 
 
 def _same(a: fx.GraphModule, b: fx.GraphModule) -> bool:

@@ -1,4 +1,5 @@
-"""torchvision: its attention layers (Swin V1/V2, MaxViT) and the ops fx keeps opaque.
+"""torchvision: its attention layers (Swin V1/V2, MaxViT), `FrozenBatchNorm2d` (per channel,
+as BatchNorm) and the ops fx keeps opaque.
 
 A head takes its q/k/v rows, output-projection columns and per-head tables with it: Swin's
 `relative_position_bias_table` column, Swin V2's `logit_scale` entry and continuous position
@@ -15,6 +16,7 @@ from torchvision.models.swin_transformer import (
     ShiftedWindowAttention, ShiftedWindowAttentionV2, _patch_merging_pad,
 )
 from torchvision.models.vision_transformer import EncoderBlock
+from torchvision.ops.misc import FrozenBatchNorm2d
 from torchvision.ops.stochastic_depth import stochastic_depth
 
 from ..core.labels import Labels
@@ -25,7 +27,8 @@ from .attention import fused_attention
 from .context import Ctx
 from .registry import register, resizer
 
-__all__ = ["swin_attention", "swin_v2_attention", "maxvit_attention", "per_sample", "patch_merging_pad"]
+__all__ = ["swin_attention", "swin_v2_attention", "maxvit_attention", "frozen_batch_norm", "per_sample",
+           "patch_merging_pad"]
 
 _SLIM = {
     ShiftedWindowAttention: SlimShiftedWindowAttention,
@@ -83,6 +86,16 @@ def resize_partition_layer(m: PartitionAttentionLayer, sizes: dict) -> None:
     """MaxViT's partition layer keeps copies of its attention's head count and width."""
     attn = next(c for c in m.modules() if isinstance(c, RelativePositionalMultiHeadAttention))
     m.n_heads, m.head_dim = attn.n_heads, attn.head_dim
+
+@register(FrozenBatchNorm2d)
+def frozen_batch_norm(ctx: Ctx) -> Labels:
+    """Per-channel buffers follow channel dimension 1. (Registered, it stays one call: traced
+    through, fx would fold its buffers into constants, and its channels would be kept.)"""
+    x = ctx.lab(ctx.arg(0, "x"))
+    for attr in ("weight", "bias", "running_mean", "running_var"):
+        ctx.bind(attr, 0, x[1])
+    return x
+
 
 @register(stochastic_depth)
 def per_sample(ctx: Ctx) -> Labels:
