@@ -74,9 +74,10 @@ def reshape_labels(ctx: Ctx, x: Labels, a: tuple[int, ...], b: tuple[int, ...],
         grid = np.broadcast_to(x[k].reshape(view), [a[i] for i in ib]).reshape([b[j] for j in jb])
         big = [p for p, j in enumerate(jb) if b[j] > 1]
         baked = big if ctx.baked and len(big) == 1 else []  # export: one literal, likely x.size()
-        free = [p for p in big if not fixed[jb[p]]] or baked or [p for p in big if jb[p] in attrs]
-        if len(free) > 1:  # `view(b, n, self.num_heads, self.head_dim)`: the head count shrinks
-            free = [p for p in free if jb[p] in attrs and is_head_count(attrs[jb[p]][1])] or free
+        heads = [p for p in big if jb[p] in attrs and is_head_count(attrs[jb[p]][1])]
+        # a head split (`view(b, n, 3, self.num_heads, -1)`): whole heads leave, widths stay
+        free = (heads if len(big) > 1 and len(heads) == 1 else []) or [p for p in big if not fixed[jb[p]]] \
+            or baked or [p for p in big if jb[p] in attrs]
         if len(free) != 1:
             ctx.freeze(x[k], "reshape fixes the size of a labelled dimension with a literal")
             continue
