@@ -116,3 +116,32 @@ def test_timm_cnns(name):
     assert type(slim) is type(model) and slim(x).shape == model(x).shape
     assert sum(p.numel() for p in slim.parameters()) < 0.6 * sum(p.numel() for p in model.parameters())
     assert surgeon.verify(model, slim).ok
+
+
+def _live(model: nn.Module) -> nn.Module:
+    """Unit-scale weights and layer scales: every head visibly moves the output."""
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.dim() > 1:
+                p.copy_(torch.randn(p.shape, generator=g) * p[0].numel() ** -0.5)
+            elif "gamma" in name:
+                p.fill_(1.0)
+    return model.eval()
+
+
+@pytest.mark.parametrize("name, kw, counted", [
+    ("beit_base_patch16_224", {"depth": 2, "img_size": 32, "patch_size": 8}, "qkv"),
+    ("cait_xxs24_224", {"depth": 1, "img_size": 32, "patch_size": 8}, "q"),
+])
+def test_heads_read_from_the_input_width_leave_whole(name, kw, counted):
+    """BEiT's attention and CaiT's class attention derive the head width from their input: heads
+    leave whole, the layers switch to their width-agnostic subclass, and the check is exact."""
+    model = _live(timm.create_model(name, pretrained=False, **kw))
+    x = torch.randn(1, 3, 32, 32)
+    slim = surgeon.slim(model, 0.5, x)
+    layers = [(a, b) for a, b in zip(model.modules(), slim.modules()) if hasattr(a, "num_heads") and hasattr(a, counted)]
+    assert layers and all(b.num_heads == a.num_heads // 2 for a, b in layers)
+    assert all(type(b).__name__.startswith("Slim") and isinstance(b, type(a)) for a, b in layers)
+    report = surgeon.verify(model, slim)
+    assert report.ok and not report.unchecked and changed(slim, model, x) > 1e-3

@@ -85,3 +85,32 @@ def test_maxvit_attention_matches_parent():
     m = RelativePositionalMultiHeadAttention(32, 8, 16).eval()
     x = torch.randn(2, 3, 16, 32)
     assert close(m(x), switched(m, SlimRelativePositionalMultiHeadAttention)(x))
+
+
+@pytest.mark.parametrize("shared_bias", [False, True])
+@pytest.mark.parametrize("qkv_bias", [False, True])
+def test_slim_beit_attention_matches_timm(qkv_bias, shared_bias):
+    from timm.models.beit import Attention as BeitAttention
+
+    from surgeon.layers.timm import SlimBeitAttention
+
+    m = BeitAttention(32, num_heads=4, qkv_bias=qkv_bias, window_size=(3, 3)).eval()
+    x = torch.randn(2, 10, 32, generator=g)
+    bias = torch.randn(1, 4, 10, 10, generator=g) if shared_bias else None
+    with torch.no_grad():
+        if qkv_bias:
+            m.q_bias.normal_(generator=g)
+            m.v_bias.normal_(generator=g)
+        m.relative_position_bias_table.normal_(generator=g)
+        assert close(switched(m, SlimBeitAttention)(x, bias), m(x, bias))
+
+
+def test_slim_class_attention_matches_timm():
+    from timm.models.cait import ClassAttn
+
+    from surgeon.layers.timm import SlimClassAttn
+
+    m = ClassAttn(32, num_heads=4, qkv_bias=True).eval()
+    x = torch.randn(2, 10, 32, generator=g)
+    with torch.no_grad():
+        assert close(switched(m, SlimClassAttn)(x), m(x))

@@ -82,12 +82,14 @@ def projection_inputs(ctx: Ctx, *heads: np.ndarray | None) -> None:
 
 
 def fused_attention(ctx: Ctx, *, qkv: str = "qkv", proj: str = "proj", heads_attr: str = "num_heads",
-                    per_head: tuple[tuple[str, int], ...] = (), fixed_scale: bool = False) -> Labels:
+                    per_head: tuple[tuple[str, int], ...] = (), fixed_scale: bool = False,
+                    biases: tuple[str, str, str] | None = None) -> Labels:
     """An attention module with fused q/k/v and output Linears (timm's `Attention` and
     `WindowAttention`, torchvision's Swin and MaxViT attention), named `qkv` and `proj`.
 
     `per_head` names tensor dimensions indexed by head (a relative position bias table);
-    `fixed_scale`: the attention scale does not follow the head width (see `head_units`).
+    `fixed_scale`: the attention scale does not follow the head width (see `head_units`);
+    `biases`: separate q, k and v bias tensors instead of `qkv.bias` (BEiT).
     """
     m, x = ctx.module, ctx.lab(ctx.arg(0, "x"))
     h = getattr(m, heads_attr)
@@ -96,6 +98,8 @@ def fused_attention(ctx: Ctx, *, qkv: str = "qkv", proj: str = "proj", heads_att
     rows = ctx.param(f"{qkv}.weight", 0, active=True)
     ctx.bind(f"{qkv}.weight", 1, x[-1])
     ctx.bind(f"{qkv}.bias", 0, rows)
+    for name, part in zip(biases or (), rows.reshape(3, -1) if rows is not None else ()):
+        ctx.bind(name, 0, part)
     heads, dims = head_units(ctx, rows, 3, h, d, fixed_scale=fixed_scale)
     for attr, dim in (("gate.weight", 0), ("gate.bias", 0), ("norm.weight", 0), ("norm.bias", 0)):
         tie(ctx, attr, dim, heads, dims, h, d)

@@ -1,19 +1,28 @@
-"""timm: `Attention` (ViT, DeiT, …) and Swin's `WindowAttention` lose whole heads.
+"""timm: `Attention` (ViT, DeiT, …), Swin's `WindowAttention`, BEiT's attention and CaiT /
+XCiT's `ClassAttn` lose whole heads.
 
-Both fuse q/k/v into one Linear `qkv` and project with `proj`; Swin's relative position bias
-table has one column per head, which leaves with its head. Imported only when timm is installed.
+The first three fuse q/k/v into one Linear `qkv` and project with `proj`; relative position
+bias tables have one column per head, which leaves with its head. `ClassAttn` has separate
+`q`, `k`, `v` Linears (the class token queries every token). BEiT's attention and `ClassAttn`
+read their head width from the input width, so once heads leave they switch to their
+`surgeon.layers.timm` subclass. Loaded once timm is imported.
 """
 from __future__ import annotations
 
+import numpy as np
 from timm.layers import Attention
+from timm.models.beit import Attention as BeitAttention
+from timm.models.cait import ClassAttn
 from timm.models.swin_transformer import WindowAttention
+from torch import nn
 
 from ..core.labels import Labels
-from .attention import fused_attention, resize_heads
+from ..layers.timm import SlimBeitAttention, SlimClassAttn
+from .attention import embed, fused_attention, head_units, out_projection, resize_heads
 from .context import Ctx
 from .registry import register, resizer
 
-__all__ = ["attention", "window_attention"]
+__all__ = ["attention", "window_attention", "beit_attention", "class_attention"]
 
 
 @register(Attention)
@@ -29,3 +38,46 @@ def window_attention(ctx: Ctx) -> Labels:
 
 
 resizer(Attention, WindowAttention)(resize_heads)
+
+
+@register(BeitAttention, SlimBeitAttention)
+def beit_attention(ctx: Ctx) -> Labels:
+    """BEiT: fused `qkv` weight, separate q/k/v biases, a per-head relative position table."""
+    return fused_attention(ctx, per_head=(("relative_position_bias_table", 1),),
+                           biases=("q_bias", "k_bias", "v_bias"), fixed_scale=True)
+
+
+@register(ClassAttn, SlimClassAttn)
+def class_attention(ctx: Ctx) -> Labels:
+    """CaiT / XCiT class attention: a head is its rows of `q`, `k` and `v` and its `proj`
+    columns; the scale is fixed at construction, so heads leave exactly."""
+    m, x = ctx.module, ctx.lab(ctx.arg(0, "x"))
+    h, d = m.num_heads, m.q.weight.shape[0] // m.num_heads
+    embed(ctx, x)
+    rows = []
+    for p in ("q", "k", "v"):
+        rows.append(ctx.param(f"{p}.weight", 0, active=True))
+        ctx.bind(f"{p}.weight", 1, x[-1])
+        ctx.bind(f"{p}.bias", 0, rows[-1])
+    heads, dims = head_units(ctx, np.concatenate(rows), 3, h, d, fixed_scale=True)
+    return x.with_dim(-1, out_projection(ctx, "proj", heads, dims, h, d))
+
+
+def _switch(m: nn.Module, width: int, slim: type) -> None:
+    """The width-agnostic subclass once the attention no longer fills the embedding width."""
+    if width != m.proj.weight.shape[0] and type(m) is not slim:
+        m.__class__ = slim
+
+
+@resizer(BeitAttention)
+def resize_beit(m: BeitAttention, sizes: dict) -> None:
+    resize_heads(m, sizes)
+    _switch(m, m.qkv.weight.shape[0] // 3, SlimBeitAttention)
+
+
+@resizer(ClassAttn)
+def resize_class_attention(m: ClassAttn, sizes: dict) -> None:
+    m.num_heads = sizes.get("num_heads", m.num_heads)
+    if "head_dim" in sizes:
+        m.scale = (m.q.weight.shape[0] // m.num_heads) ** -0.5
+    _switch(m, m.q.weight.shape[0], SlimClassAttn)
