@@ -37,8 +37,8 @@ def _relate(ctx: Ctx, in_lab: np.ndarray | None, out: np.ndarray | None, shape: 
         bind_in(in_lab)
         return False
     if min(shape[0], shape[1]) // groups > 1:
-        for row in in_lab.reshape(groups, -1) if in_lab is not None else ():
-            bind_in(row)
+        if in_lab is not None:  # an index unprunable in one group is kept in all of them
+            bind_in(ctx.merge(list(in_lab.reshape(groups, -1))))
         if out is not None:
             ctx.dg.balance(out.reshape(groups, -1))
         return False
