@@ -15,7 +15,7 @@ import sys
 
 from . import distributed
 from .api import analyze, plan, slim
-from .config import Config
+from .config import Config, Criterion
 from .core.plan import Plan
 from .core.verify import Report, verify
 from .deploy.export import OnnxMismatchError, export_onnx
@@ -29,7 +29,7 @@ for _module in (masks, schedule, lottery):  # `import surgeon.masks` keeps worki
     sys.modules[f"{__name__}.{_module.__name__.rsplit('.', 1)[1]}"] = _module
 
 __all__ = [
-    "slim", "plan", "analyze", "verify", "recalibrate", "save", "load", "Config", "Plan", "Report",
+    "slim", "plan", "analyze", "verify", "recalibrate", "save", "load", "Config", "Criterion", "Plan", "Report",
     "masks", "schedule", "lottery", "distributed",
     "export_onnx", "measure", "compare", "OnnxMismatchError",
     "SurgeonError", "InputError", "TraceError", "HandlerError", "PlanError", "VerificationError",

@@ -5,12 +5,14 @@ Options come as a `Config` or as keywords (the fields of `Config`); both are che
 from __future__ import annotations
 
 import inspect
+from collections.abc import Iterable
 from typing import Any
 
 from torch import fx, nn
 from torch.utils._pytree import tree_leaves
 
 from .config import Config, make_config
+from .core.calibrate import Calibration, LossFn
 from .core.groups import Coupling
 from .core.plan import Plan, make_plan, select
 from .core.propagate import propagate
@@ -53,11 +55,12 @@ def _graphs(model: nn.Module, inputs: Inputs, config: Config, stages: Stages) ->
 
 
 def _decide(model: nn.Module, graphs: list[fx.GraphModule], config: Config, stages: Stages,
-            keep: dict[str, str]) -> Plan:
+            keep: dict[str, str], data: Calibration) -> Plan:
     with stages.stage("propagate"):
         coupling = Coupling(propagate(model, graphs, config, keep=keep))
+    stats = data.gather(model, graphs[0], coupling, stages)
     with stages.stage("rank"):
-        scores = score_units(model, coupling, config.importance)
+        scores = score_units(model, coupling, config.importance, stats=stats)
     with stages.stage("plan"):
         return make_plan(coupling, select(coupling, scores, config.ratio, round_to=config.round_to),
                          config.ratio, model=model)
@@ -74,22 +77,26 @@ def _failing_module(model: nn.Module, error: BaseException) -> str | None:
 
 
 def plan(model: nn.Module, ratio: float | Config | None = None, example_inputs: Any = None, *,
+         calibration: Iterable[Any] | None = None, loss_fn: LossFn | None = None,
          progress: bool | None = None, **options: Any) -> Plan:
-    """Decide what `slim` would remove (same options), without touching the model.
+    """Decide what `slim` would remove (same options and data), without touching the model.
 
     Example:
         >>> p = surgeon.plan(torchvision.models.resnet18(), 0.5)
         >>> slim = p.apply(model)
     """
     config = make_config(ratio, options)
+    inputs = _inputs(model, example_inputs)
+    data = Calibration.of(config.importance, calibration, loss_fn, inputs)
     stages = Stages(show=progress)
     try:
-        return _decide(model, _graphs(model, _inputs(model, example_inputs), config, stages)[0], config, stages, {})
+        return _decide(model, _graphs(model, inputs, config, stages)[0], config, stages, {}, data)
     finally:
         stages.close()
 
 
 def slim(model: nn.Module, ratio: float | Config | None = None, example_inputs: Any = None, *,
+         calibration: Iterable[Any] | None = None, loss_fn: LossFn | None = None,
          inplace: bool = False, progress: bool | None = None, **options: Any) -> nn.Module:
     """Physically remove `ratio` of every prunable group's channels; same class, same output shape.
 
@@ -99,6 +106,13 @@ def slim(model: nn.Module, ratio: float | Config | None = None, example_inputs: 
             group keeps at least one unit) — or a `surgeon.Config` holding it and the options.
         example_inputs: a tensor, a tuple of tensors, or a dict of keyword arguments; inferred
             (1×C×224×224) for vision models.
+        calibration: data for the data-aware importances ("taylor", "activation",
+            "fluctuation", a `surgeon.Criterion`): an iterable of batches, each the model's
+            inputs as `example_inputs` takes them (any batch size) or an (inputs, targets)
+            pair. Run in eval mode, without gradients unless the criterion needs them; the
+            model is left as it was.
+        loss_fn: `loss_fn(output, targets) -> scalar` for gradient criteria; default: the
+            mean squared output without targets, cross-entropy with class targets.
         inplace: modify `model` itself instead of a deep copy (restored if anything fails).
         progress: show a progress line for stages running over a second (default: when
             stderr is a terminal).
@@ -117,6 +131,7 @@ def slim(model: nn.Module, ratio: float | Config | None = None, example_inputs: 
     """
     config = make_config(ratio, options)
     inputs = _inputs(model, example_inputs)
+    data = Calibration.of(config.importance, calibration, loss_fn, inputs)
     stages = Stages(show=progress)
     keep: dict[str, str] = {}
     try:
@@ -124,7 +139,7 @@ def slim(model: nn.Module, ratio: float | Config | None = None, example_inputs: 
         with stages.stage("rebuild"):
             target = model if inplace else clone(model)
         while True:
-            p = _decide(model, graphs, config, stages, keep)
+            p = _decide(model, graphs, config, stages, keep, data)
             undo = Undo([], [])
             try:
                 with stages.stage("rebuild"):
@@ -170,7 +185,8 @@ def analyze(model: nn.Module, example_inputs: Any = None, *, ratio: float | Conf
             show: bool = True, progress: bool | None = None, **options: Any) -> Plan:
     """Print which groups can be pruned, which are frozen and why; return the plan at `ratio`.
 
-    Takes the options of `plan` (a `Config` as `ratio`, or keywords).
+    Takes the options and data of `plan` (a `Config` as `ratio`, or keywords; `calibration=`,
+    `loss_fn=`).
 
     Example:
         >>> surgeon.analyze(torchvision.models.squeezenet1_0())

@@ -17,10 +17,34 @@ from torch import nn
 
 from .errors import InputError
 
-__all__ = ["Config", "Importance", "IMPORTANCES", "FRONTENDS", "make_config"]
+__all__ = ["Config", "Criterion", "Importance", "IMPORTANCES", "DATA_IMPORTANCES", "FRONTENDS", "make_config"]
 
-Importance = Union[str, Callable[[torch.Tensor, int], torch.Tensor]]
-IMPORTANCES = ("l2", "l1", "random")
+
+@dataclass(frozen=True)
+class Criterion:
+    """An importance of your own computed from calibration data: `fn(stats)` returns one score
+    per unit (higher is kept first), given `surgeon.core.calibrate.Stats` — per consumer input
+    the mean and variance of each index, `stats.unit_sum(...)` to add them per unit, and with
+    `gradients=True` also `stats.taylor`. Needs `calibration=` on the verb.
+
+    Example:
+        >>> rms = surgeon.Criterion(lambda s: np.sqrt(s.unit_sum(lambda site: site.var + site.mean ** 2)))
+        >>> surgeon.slim(model, 0.5, importance=rms, calibration=batches)
+    """
+
+    fn: Callable[[Any], Any]
+    gradients: bool = False
+
+    def __post_init__(self) -> None:
+        if not callable(self.fn) or not isinstance(self.gradients, bool):
+            raise InputError(f"Criterion takes a callable(stats) -> scores and gradients=True/False, "
+                             f"got {self.fn!r}, {self.gradients!r}")
+
+
+Importance = Union[str, Callable[[torch.Tensor, int], torch.Tensor], Criterion]
+DATA_IMPORTANCES = ("taylor", "activation", "fluctuation")
+"""Criteria that read calibration data (`calibration=` on the verb)."""
+IMPORTANCES = ("l2", "l1", "random", *DATA_IMPORTANCES)
 FRONTENDS = ("auto", "fx", "export")
 
 
@@ -32,7 +56,11 @@ class Config:
         ratio: fraction of each coupled group's units removed, in [0, 1) (rounded down; each
             group keeps at least one unit).
         ignore: modules (or their qualified names) whose output channels are kept.
-        importance: "l2" (default), "l1", "random" or callable(tensor, dim) -> per-index scores.
+        importance: "l2" (default), "l1", "random" or callable(tensor, dim) -> per-index scores
+            (weights only); or from calibration data (`calibration=` on the verb): "taylor"
+            (|Σ w·∂L/∂w| over the unit's slices), "activation" (mean squared activation at its
+            consumers' inputs), "fluctuation" (activation variance × squared outgoing weights)
+            or a `Criterion`.
         round_to: keep every group's width a multiple of this (hardware-friendly widths).
         prune_heads: attention layers lose whole heads (q, k, v rows and output columns).
         prune_head_dims: attention layers keep their head count and narrow every head instead.
@@ -64,9 +92,10 @@ class Config:
         if isinstance(r, bool) or not isinstance(r, (int, float)) or math.isnan(r) or not 0 <= r < 1:
             raise InputError(f"ratio must be a number in [0, 1), got {r!r}; e.g. 0.5 removes half "
                              "of every group's channels")
-        if not callable(self.importance) and self.importance not in IMPORTANCES:
-            raise InputError(f"importance must be one of {IMPORTANCES} or a callable(tensor, dim), "
-                             f"got {self.importance!r}")
+        if not callable(self.importance) and not isinstance(self.importance, Criterion) \
+                and self.importance not in IMPORTANCES:
+            raise InputError(f"importance must be one of {IMPORTANCES}, a callable(tensor, dim) or a "
+                             f"surgeon.Criterion, got {self.importance!r}")
         if isinstance(self.round_to, bool) or not isinstance(self.round_to, int) or self.round_to < 1:
             raise InputError(f"round_to must be a positive integer, got {self.round_to!r}")
         if self.frontend not in FRONTENDS:

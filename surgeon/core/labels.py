@@ -11,7 +11,10 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-__all__ = ["Labels", "SizeOf", "empty", "atoms_in", "is_labelled", "iter_labels"]
+LABELS = "surgeon_labels"
+"""`node.meta` key under which `propagate` leaves each node's output labels (read by calibration)."""
+
+__all__ = ["LABELS", "Labels", "SizeOf", "empty", "atoms_in", "is_labelled", "iter_labels"]
 
 
 class Labels(tuple):

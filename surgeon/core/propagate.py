@@ -18,7 +18,7 @@ from ..ops import Ctx, Names, lookup
 from ..ops.torch.shape import size_value
 from ..util import warn
 from .atoms import DepGraph
-from .labels import Labels, empty, is_labelled, iter_labels
+from .labels import LABELS, Labels, empty, is_labelled, iter_labels
 
 __all__ = ["propagate"]
 
@@ -86,7 +86,7 @@ def propagate(model: nn.Module, graphs: Sequence[fx.GraphModule], config: Config
     for gm in graphs:
         env: dict[fx.Node, object] = {}
         for node in gm.graph.nodes:
-            env[node] = _node_step(node, dg, env, names, config)
+            env[node] = node.meta[LABELS] = _node_step(node, dg, env, names, config)
     for item in config.ignore:
         label = item if isinstance(item, str) else type(item).__name__
         _freeze_module(model, dg, names, item, f"ignored by the user ({label})", outputs_only=True)

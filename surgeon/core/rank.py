@@ -6,13 +6,20 @@ norm over all of them together, so a coupled group has one ranking.
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import torch
 from torch import nn
 
 from ..config import Importance
 from ..errors import InputError
+from ..util import warn
+from .criteria import data_scores, needs
 from .groups import Coupling
+
+if TYPE_CHECKING:
+    from .calibrate import Stats
 
 __all__ = ["score_units"]
 
@@ -50,19 +57,32 @@ def _slice_scores(t: torch.Tensor, dim: int, importance: Importance) -> np.ndarr
     return (norm if importance == "l1" else norm.square()).double().cpu().numpy()
 
 
-def score_units(model: nn.Module, coupling: Coupling, importance: Importance = "l2") -> np.ndarray:
+def score_units(model: nn.Module, coupling: Coupling, importance: Importance = "l2", *,
+                stats: Stats | None = None) -> np.ndarray:
     """One score per unit; higher means more important (kept first).
 
     "random" draws from torch's global generator, so `torch.manual_seed` makes it repeatable.
+    Data criteria ("taylor", "activation", "fluctuation", a `Criterion`) read `stats`
+    (`core.calibrate`); see `core.criteria` for their formulas.
     """
     n = coupling.n_units
     if importance == "random":
         return torch.rand(n, dtype=torch.float64).numpy()
-    params = dict(model.named_parameters())
-    score = np.zeros(n, dtype=np.float64)
     wanted = np.zeros(n, dtype=bool)  # only units of groups that can lose some need a score
     for group, units in zip(coupling.groups, coupling.members):
         wanted[units] = group.prunable > 0
+    if (reads := needs(importance)) is not None:
+        if stats is None:
+            raise InputError(f"importance {importance!r} needs calibration data: pass calibration=[batch, …]")
+        stats = stats.for_coupling(coupling)
+        unseen = wanted & ~stats.seen()
+        if reads[0] and not reads[1] and unseen.any():
+            where = sorted({coupling.groups[g].spaces[0] for g in coupling.group_of[unseen].tolist() if g >= 0})
+            warn(f"{int(unseen.sum())} units have no calibration activations (no consumer input "
+                 f"carries them; groups of {', '.join(where[:4])}): they score 0")
+        return data_scores(importance, stats)
+    params = dict(model.named_parameters())
+    score = np.zeros(n, dtype=np.float64)
     for sp in coupling.dg.spaces:
         t = params.get(sp.name)
         units = coupling.units_of(sp)
