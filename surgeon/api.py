@@ -13,6 +13,7 @@ from torch.utils._pytree import tree_leaves
 
 from .config import Config, make_config
 from .core.calibrate import Calibration, LossFn
+from .core.budget import allocate
 from .core.groups import Coupling
 from .core.plan import Plan, make_plan, select
 from .core.propagate import propagate
@@ -61,6 +62,11 @@ def _decide(model: nn.Module, graphs: list[fx.GraphModule], config: Config, stag
     stats = data.gather(model, graphs[0], coupling, stages)
     with stages.stage("rank"):
         scores = score_units(model, coupling, config.importance, stats=stats)
+    if config.ratio is None:
+        with stages.stage("budget"):
+            removed, budget = allocate(model, graphs[0], coupling, scores, config)
+        with stages.stage("plan"):
+            return make_plan(coupling, removed, None, model=model, budget=budget)
     with stages.stage("plan"):
         return make_plan(coupling, select(coupling, scores, config.ratio, round_to=config.round_to),
                          config.ratio, model=model)
@@ -98,12 +104,14 @@ def plan(model: nn.Module, ratio: float | Config | None = None, example_inputs: 
 def slim(model: nn.Module, ratio: float | Config | None = None, example_inputs: Any = None, *,
          calibration: Iterable[Any] | None = None, loss_fn: LossFn | None = None,
          inplace: bool = False, progress: bool | None = None, **options: Any) -> nn.Module:
-    """Physically remove `ratio` of every prunable group's channels; same class, same output shape.
+    """Physically remove `ratio` of every prunable group's channels — or meet a global budget
+    (`target_macs=` / `target_params=`); same class, same output shape.
 
     Args:
         model: any fx-traceable module (torchvision CNNs work as they are).
         ratio: fraction of each coupled group's units removed, in [0, 1) (rounded down; each
             group keeps at least one unit) — or a `surgeon.Config` holding it and the options.
+            Leave it out when giving `target_macs` or `target_params`.
         example_inputs: a tensor, a tuple of tensors, or a dict of keyword arguments; inferred
             (1×C×224×224) for vision models.
         calibration: data for the data-aware importances ("taylor", "activation",
@@ -116,7 +124,9 @@ def slim(model: nn.Module, ratio: float | Config | None = None, example_inputs: 
         inplace: modify `model` itself instead of a deep copy (restored if anything fails).
         progress: show a progress line for stages running over a second (default: when
             stderr is a terminal).
-        **options: the fields of `surgeon.Config` — `ignore`, `importance` ("l2", "l1",
+        **options: the fields of `surgeon.Config` — `target_macs` / `target_params` (what
+            to keep: a fraction in (0, 1] or a count; units compete across groups, each group
+            losing at most `max_ratio`, default 0.9), `ignore`, `importance` ("l2", "l1",
             "random" or a callable), `round_to`, `prune_heads`, `prune_head_dims`,
             `prune_embed`, `prune_kv_heads`, `leaf_modules`, `frontend`.
 
@@ -128,6 +138,7 @@ def slim(model: nn.Module, ratio: float | Config | None = None, example_inputs: 
     Example:
         >>> slim = surgeon.slim(torchvision.models.resnet50(), 0.5)
         >>> slim = surgeon.slim(model, surgeon.Config(0.5, round_to=8))
+        >>> slim = surgeon.slim(model, target_macs=0.5)  # half the MACs; slim.surgeon_plan.ratios
     """
     config = make_config(ratio, options)
     inputs = _inputs(model, example_inputs)
@@ -181,16 +192,21 @@ def _retry(target: nn.Module, graphs: list[fx.GraphModule], error: BaseException
     return True
 
 
-def analyze(model: nn.Module, example_inputs: Any = None, *, ratio: float | Config = 0.5,
+def analyze(model: nn.Module, example_inputs: Any = None, *, ratio: float | Config | None = None,
             show: bool = True, progress: bool | None = None, **options: Any) -> Plan:
-    """Print which groups can be pruned, which are frozen and why; return the plan at `ratio`.
+    """Print which groups can be pruned, which are frozen and why; return the plan at `ratio`
+    (default 0.5), or for a budget (`target_macs=` / `target_params=`: the table shows the
+    ratio each group loses).
 
     Takes the options and data of `plan` (a `Config` as `ratio`, or keywords; `calibration=`,
     `loss_fn=`).
 
     Example:
         >>> surgeon.analyze(torchvision.models.squeezenet1_0())
+        >>> surgeon.analyze(model, target_macs=0.5)
     """
+    if ratio is None and options.get("target_macs") is None and options.get("target_params") is None:
+        ratio = 0.5
     p = plan(model, ratio, example_inputs, progress=progress, **options)
     if show:
         print_analysis(model, p)

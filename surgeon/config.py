@@ -2,7 +2,8 @@
 
 Users may build one and pass it (``surgeon.slim(model, Config(0.5, round_to=8))``, as torchao's
 ``quantize_(model, config)`` does) or use the keyword form (``surgeon.slim(model, 0.5,
-round_to=8)``); both end here.
+round_to=8)``); both end here. A global budget (``target_macs`` / ``target_params``) replaces
+the ratio: ``surgeon.slim(model, target_macs=0.5)``.
 """
 from __future__ import annotations
 
@@ -54,7 +55,14 @@ class Config:
 
     Attributes:
         ratio: fraction of each coupled group's units removed, in [0, 1) (rounded down; each
-            group keeps at least one unit).
+            group keeps at least one unit). Leave it out when giving a target.
+        target_macs: a global budget instead of `ratio`: the multiply-accumulates to keep (for
+            the example inputs), as a fraction in (0, 1] of the model's or an absolute count
+            (> 1). Units compete across groups on mean-normalised scores; the plan lands within
+            2 % and reports the ratio each group lost.
+        target_params: the same budget in parameters.
+        max_ratio: with a target, no group loses more than this fraction of its units, in
+            (0, 1] (default 0.9; each group still keeps at least one).
         ignore: modules (or their qualified names) whose output channels are kept.
         importance: "l2" (default), "l1", "random" or callable(tensor, dim) -> per-index scores
             (weights only); or from calibration data (`calibration=` on the verb): "taylor"
@@ -75,7 +83,10 @@ class Config:
             False its channels are kept, with a warning.
     """
 
-    ratio: float
+    ratio: float | None = None
+    target_macs: float | None = None
+    target_params: float | None = None
+    max_ratio: float = 0.9
     ignore: tuple[nn.Module | str, ...] = ()
     importance: Importance = "l2"
     round_to: int = 1
@@ -88,10 +99,7 @@ class Config:
     strict: bool = True
 
     def __post_init__(self) -> None:
-        r = self.ratio
-        if isinstance(r, bool) or not isinstance(r, (int, float)) or math.isnan(r) or not 0 <= r < 1:
-            raise InputError(f"ratio must be a number in [0, 1), got {r!r}; e.g. 0.5 removes half "
-                             "of every group's channels")
+        self._check_budget()
         if not callable(self.importance) and not isinstance(self.importance, Criterion) \
                 and self.importance not in IMPORTANCES:
             raise InputError(f"importance must be one of {IMPORTANCES}, a callable(tensor, dim) or a "
@@ -109,6 +117,25 @@ class Config:
                 raise InputError(f"{name} must be a list or tuple, got {value!r}")
             object.__setattr__(self, name, tuple(value))
 
+    def _check_budget(self) -> None:
+        """Exactly one of `ratio`, `target_macs`, `target_params`, each in its range."""
+        given = [n for n in ("ratio", "target_macs", "target_params") if getattr(self, n) is not None]
+        if len(given) != 1:
+            raise InputError(f"give one of ratio, target_macs or target_params, got {given or 'none'}; "
+                             "e.g. ratio=0.5 removes half of every group's channels, target_macs=0.5 "
+                             "keeps half of the MACs")
+        value = getattr(self, given[0])
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
+            raise InputError(f"{given[0]} must be a number, got {value!r}")
+        if given[0] == "ratio" and not 0 <= value < 1:
+            raise InputError(f"ratio must be a number in [0, 1), got {value!r}; e.g. 0.5 removes half "
+                             "of every group's channels")
+        if given[0] != "ratio" and not 0 < value < math.inf:
+            raise InputError(f"{given[0]} must be a fraction in (0, 1] to keep or a count > 1, got {value!r}")
+        m = self.max_ratio
+        if isinstance(m, bool) or not isinstance(m, (int, float)) or math.isnan(m) or not 0 < m <= 1:
+            raise InputError(f"max_ratio must be a number in (0, 1], got {m!r}")
+
 
 def make_config(ratio: float | Config | None, options: dict[str, Any]) -> Config:
     """The `Config` of a verb called as ``verb(model, ratio_or_config, **options)``.
@@ -123,6 +150,7 @@ def make_config(ratio: float | Config | None, options: dict[str, Any]) -> Config
         raise InputError(f"unknown option(s) {unknown}; the options are {sorted(names)}")
     if isinstance(ratio, Config):
         return dataclasses.replace(ratio, **options) if options else ratio
-    if ratio is None:
-        raise InputError("pass a ratio (e.g. 0.5) or a surgeon.Config")
+    if ratio is None and options.get("target_macs") is None and options.get("target_params") is None:
+        raise InputError("pass a ratio (e.g. 0.5), target_macs= or target_params= (e.g. 0.5), "
+                         "or a surgeon.Config")
     return Config(ratio, **options)

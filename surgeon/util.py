@@ -20,7 +20,7 @@ from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 from .errors import InputError, TraceError
 
 __all__ = ["Inputs", "as_inputs", "infer_inputs", "eval_mode", "outputs", "relative_error",
-           "count_params", "count_macs", "prefer_fake", "FAKE_ABOVE", "warn"]
+           "count_params", "count_macs", "flop_counter", "prefer_fake", "FAKE_ABOVE", "warn"]
 
 FAKE_ABOVE = 50_000_000
 """Parameter count above which shapes come from fake tensors: a real forward of a large model
@@ -163,6 +163,13 @@ def _cpu_attention_flops(query: torch.Size, key: torch.Size, value: torch.Size, 
     return sdpa_flop_count(query, key, value)
 
 
+def flop_counter() -> FlopCounterMode:
+    """A silent `FlopCounterMode` that also counts the CPU attention kernel."""
+    return FlopCounterMode(display=False, custom_mapping={
+        torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_attention_flops,
+    })
+
+
 def count_macs(model: nn.Module, example_inputs: Any) -> int:
     """Multiply-accumulates of one eval-mode forward pass, from `FlopCounterMode`.
 
@@ -171,9 +178,7 @@ def count_macs(model: nn.Module, example_inputs: Any) -> int:
         6
     """
     inputs = as_inputs(example_inputs)
-    counter = FlopCounterMode(display=False, custom_mapping={
-        torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_attention_flops,
-    })
+    counter = flop_counter()
     fastpath = torch.backends.mha.get_fastpath_enabled()
     torch.backends.mha.set_fastpath_enabled(False)  # the fused MHA kernel is invisible to the counter
     try:

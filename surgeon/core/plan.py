@@ -2,7 +2,8 @@
 
 A plan is computed from a Coupling (units and groups) and unit scores: in each group the
 `floor(ratio · units)` lowest-scored unfrozen units leave (at least one unit stays, and with
-`round_to=N` the kept count is rounded up to a multiple of N). It lists, per tensor dimension,
+`round_to=N` the kept count is rounded up to a multiple of N), or, under a global budget, the
+count `core.budget` chose for that group. It lists, per tensor dimension,
 the indices removed (and which of those belong to inexact groups), and the size attributes that
 change, so it can be applied to the model later (`Plan.apply`) or sent to other processes.
 """
@@ -20,7 +21,9 @@ from ..errors import PlanError
 from .balance import remove_lowest
 from .groups import Coupling, Group
 
-__all__ = ["Cut", "SizeChange", "Plan", "select", "make_plan", "signature"]
+__all__ = ["Cut", "SizeChange", "Budget", "Plan", "select", "select_counts", "removal_orders",
+           "unit_widths",
+           "make_plan", "signature"]
 
 
 @dataclass(frozen=True)
@@ -51,20 +54,41 @@ class SizeChange:
 
 
 @dataclass(frozen=True)
-class Plan:
-    """What a slim operation removes. `apply(model)` performs it."""
+class Budget:
+    """A global budget and what the plan reaches: `metric` ("macs" or "params") counts of the
+    whole model for the example inputs — `total` before, `target` asked for, `reached` by the
+    plan (estimated: exact for parameters and for conv / linear MACs)."""
 
-    ratio: float
+    metric: str
+    total: int
+    target: int
+    reached: int
+
+    def __repr__(self) -> str:
+        return (f"Budget({self.metric}: {self.total} -> {self.reached}, target {self.target}, "
+                f"keep {self.reached / max(self.total, 1):.3f})")
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a slim operation removes. `apply(model)` performs it.
+
+    `ratio` is the uniform ratio asked for (None under a global budget, which `budget`
+    describes); `ratios` holds the fraction of its units each group loses."""
+
+    ratio: float | None
     cuts: tuple[Cut, ...]
     sizes: tuple[SizeChange, ...]
     groups: tuple[Group, ...]
     removed: tuple[int, ...] = field(default=())
     signature: str = ""
+    ratios: tuple[float, ...] = ()
+    budget: Budget | None = None
 
     def __repr__(self) -> str:
         pruned = sum(1 for r in self.removed if r)
-        return (f"Plan(ratio={self.ratio}, groups={len(self.groups)} ({pruned} pruned), "
-                f"cuts={len(self.cuts)})")
+        how = f"ratio={self.ratio}" if self.budget is None else repr(self.budget)
+        return f"Plan({how}, groups={len(self.groups)} ({pruned} pruned), cuts={len(self.cuts)})"
 
     @property
     def exact(self) -> bool:
@@ -99,6 +123,8 @@ class Plan:
                 groups=tuple(Group(**{k: tuple(v) if isinstance(v, list) else v for k, v in g.items()}) for g in d["groups"]),
                 removed=tuple(d["removed"]),
                 signature=d.get("signature", ""),
+                ratios=tuple(d.get("ratios") or _ratios(d["groups"], d["removed"])),
+                budget=Budget(**d["budget"]) if d.get("budget") else None,
             )
         except (KeyError, TypeError) as e:
             raise PlanError(f"not a surgeon plan: {e}") from e
@@ -110,7 +136,13 @@ def signature(model: nn.Module) -> str:
     return hashlib.sha1("\n".join(items).encode()).hexdigest()
 
 
-def _unit_widths(coupling: Coupling) -> list[int]:
+def _ratios(groups: list[dict] | tuple[Group, ...], removed: list[int] | tuple[int, ...]) -> list[float]:
+    """Fraction of its units each group loses (plans saved before `ratios` existed)."""
+    units = [g["units"] if isinstance(g, dict) else g.units for g in groups]
+    return [r / n if n else 0.0 for r, n in zip(removed, units)]
+
+
+def unit_widths(coupling: Coupling) -> list[int]:
     """Per group, the fewest indices one unit spans in any of its creating spaces: 1 for plain
     channels, a group's channels for grouped convs, 3·head_dim for attention heads."""
     widths = [0] * len(coupling.groups)
@@ -123,22 +155,41 @@ def _unit_widths(coupling: Coupling) -> list[int]:
 
 
 def select(coupling: Coupling, scores: np.ndarray, ratio: float, *, round_to: int = 1) -> np.ndarray:
-    """Boolean mask of removed units: per group, the lowest-scored unfrozen ones (in a group
-    with equal-count constraints, the cheapest removal that keeps them: `balance`).
-    `round_to` rounds the kept *width* up to a multiple: a unit spanning w indices counts w
-    times."""
+    """Boolean mask of removed units: per group, the `floor(ratio · units)` lowest-scored
+    unfrozen ones (`select_counts`)."""
+    counts = [math.floor(ratio * units.size) for units in coupling.members]
+    return select_counts(coupling, scores, counts, round_to=round_to)
+
+
+def removal_orders(coupling: Coupling, scores: np.ndarray) -> list[np.ndarray]:
+    """Per group, its unfrozen units lowest-scored first (ties: lower unit id)."""
+    orders = []
+    for units in coupling.members:
+        free = units[~coupling.frozen[units]]
+        orders.append(free[np.lexsort((free, scores[free]))])
+    return orders
+
+
+def select_counts(coupling: Coupling, scores: np.ndarray, counts: list[int], *, round_to: int = 1,
+                  widths: list[int] | None = None, orders: list[np.ndarray] | None = None) -> np.ndarray:
+    """Boolean mask of removed units: in group g, the `counts[g]` lowest-scored unfrozen ones
+    (in a group with equal-count constraints, the cheapest removal that keeps them:
+    `balance`). `round_to` rounds the kept *width* up to a multiple: a unit spanning w indices
+    counts w times. `widths` (`unit_widths`) and `orders` (`removal_orders`) are computed when
+    not given; pass them when selecting repeatedly."""
     removed = np.zeros(coupling.n_units, dtype=bool)
-    for group, units, width in zip(coupling.groups, coupling.members, _unit_widths(coupling)):
+    widths = unit_widths(coupling) if widths is None else widths
+    orders = removal_orders(coupling, scores) if orders is None else orders
+    for group, units, width, count, order in zip(coupling.groups, coupling.members, widths, counts, orders):
         n = units.size
-        keep = n - math.floor(ratio * n)
+        keep = n - count
         step = round_to // math.gcd(round_to, max(width, 1))
         keep = min(n, math.ceil(keep / step) * step)
         if group.id in coupling.blocks:  # equal counts: chunks, grouped convs, query heads per group
             removed[remove_lowest(units, ~coupling.frozen, scores, coupling.blocks[group.id], n - keep,
                                   step=step, spaces=coupling.spaces_of(group.id))] = True
             continue
-        free = units[~coupling.frozen[units]]
-        removed[free[np.lexsort((free, scores[free]))[:min(n - keep, group.prunable)]]] = True
+        removed[order[:min(n - keep, group.prunable)]] = True
     _keep_one_per_space(coupling, scores, removed)
     return removed
 
@@ -151,7 +202,8 @@ def _keep_one_per_space(coupling: Coupling, scores: np.ndarray, removed: np.ndar
             removed[units[np.argmax(scores[units])]] = False
 
 
-def make_plan(coupling: Coupling, removed: np.ndarray, ratio: float, *, model: nn.Module) -> Plan:
+def make_plan(coupling: Coupling, removed: np.ndarray, ratio: float | None, *, model: nn.Module,
+              budget: Budget | None = None) -> Plan:
     """Turn removed units into per-tensor cuts and size changes."""
     # group_of is -1 for units in no group: the trailing False
     unit_inexact = np.array([not g.exact for g in coupling.groups] + [False])[coupling.group_of]
@@ -174,4 +226,5 @@ def make_plan(coupling: Coupling, removed: np.ndarray, ratio: float, *, model: n
             sizes.append(SizeChange(module, attr, labels.size, int(gone.sum()), int((gone & bad).sum())))
     per_group = [int(removed[u].sum()) for u in coupling.members]
     return Plan(ratio=ratio, cuts=tuple(cuts), sizes=tuple(sizes), groups=tuple(coupling.groups),
-                removed=tuple(per_group), signature=signature(model))
+                removed=tuple(per_group), signature=signature(model),
+                ratios=tuple(_ratios(coupling.groups, per_group)), budget=budget)
