@@ -4,16 +4,19 @@ Options come as a `Config` or as keywords (the fields of `Config`); both are che
 """
 from __future__ import annotations
 
+import dataclasses
 import inspect
 from collections.abc import Iterable
 from typing import Any
 
+import numpy as np
 from torch import fx, nn
 from torch.utils._pytree import tree_leaves
 
 from .config import Config, make_config
-from .core.calibrate import Calibration, LossFn
+from .core.calibrate import Calibration, LossFn, Stats
 from .core.budget import allocate
+from .core.compensate import plan_shifts
 from .core.groups import Coupling
 from .core.plan import Plan, make_plan, select
 from .core.propagate import propagate
@@ -24,7 +27,7 @@ from .core.verify import output_shapes
 from .errors import InputError, SurgeonError
 from .report import print_analysis
 from .stages import Stages
-from .util import Inputs, as_inputs, infer_inputs
+from .util import Inputs, as_inputs, infer_inputs, warn
 
 __all__ = ["plan", "slim", "analyze"]
 
@@ -62,14 +65,27 @@ def _decide(model: nn.Module, graphs: list[fx.GraphModule], config: Config, stag
     stats = data.gather(model, graphs[0], coupling, stages)
     with stages.stage("rank"):
         scores = score_units(model, coupling, config.importance, stats=stats)
+    budget = None
     if config.ratio is None:
         with stages.stage("budget"):
             removed, budget = allocate(model, graphs[0], coupling, scores, config)
-        with stages.stage("plan"):
-            return make_plan(coupling, removed, None, model=model, budget=budget)
     with stages.stage("plan"):
-        return make_plan(coupling, select(coupling, scores, config.ratio, round_to=config.round_to),
-                         config.ratio, model=model)
+        if config.ratio is not None:
+            removed = select(coupling, scores, config.ratio, round_to=config.round_to)
+        p = make_plan(coupling, removed, config.ratio, model=model, budget=budget)
+        return _compensated(p, model, graphs[0], coupling, stats, removed) if config.compensate else p
+
+
+def _compensated(p: Plan, model: nn.Module, gm: fx.GraphModule, coupling: Coupling, stats: Stats,
+                 removed: np.ndarray) -> Plan:
+    """`p` with bias compensation at every layer reading removed units; those it cannot
+    compensate are warned about (their removed inputs count as zero, as without it)."""
+    shifts, skipped = plan_shifts(model, gm, coupling, stats, removed)
+    if skipped:
+        listed = "; ".join(f"{k}: {v}" for k, v in list(skipped.items())[:4])
+        warn(f"compensate: {len(skipped)} layers reading removed units keep them at zero ({listed}"
+             f"{' …' if len(skipped) > 4 else ''})")
+    return dataclasses.replace(p, shifts=shifts)
 
 
 def _failing_module(model: nn.Module, error: BaseException) -> str | None:
@@ -93,7 +109,7 @@ def plan(model: nn.Module, ratio: float | Config | None = None, example_inputs: 
     """
     config = make_config(ratio, options)
     inputs = _inputs(model, example_inputs)
-    data = Calibration.of(config.importance, calibration, loss_fn, inputs)
+    data = Calibration.of(config.importance, calibration, loss_fn, inputs, compensate=config.compensate)
     stages = Stages(show=progress)
     try:
         return _decide(model, _graphs(model, inputs, config, stages)[0], config, stages, {}, data)
@@ -128,7 +144,9 @@ def slim(model: nn.Module, ratio: float | Config | None = None, example_inputs: 
             to keep: a fraction in (0, 1] or a count; units compete across groups, each group
             losing at most `max_ratio`, default 0.9), `ignore`, `importance` ("l2", "l1",
             "random" or a callable), `round_to`, `prune_heads`, `prune_head_dims`,
-            `prune_embed`, `prune_kv_heads`, `leaf_modules`, `frontend`.
+            `prune_embed`, `prune_kv_heads`, `leaf_modules`, `frontend`, `compensate` (bias
+            compensation: removed units replaced by their calibration means; needs
+            `calibration=`).
 
     Returns:
         The slim model; it carries its plan (`slim.surgeon_plan`), so
@@ -139,10 +157,11 @@ def slim(model: nn.Module, ratio: float | Config | None = None, example_inputs: 
         >>> slim = surgeon.slim(torchvision.models.resnet50(), 0.5)
         >>> slim = surgeon.slim(model, surgeon.Config(0.5, round_to=8))
         >>> slim = surgeon.slim(model, target_macs=0.5)  # half the MACs; slim.surgeon_plan.ratios
+        >>> slim = surgeon.slim(model, 0.5, calibration=batches, compensate=True)
     """
     config = make_config(ratio, options)
     inputs = _inputs(model, example_inputs)
-    data = Calibration.of(config.importance, calibration, loss_fn, inputs)
+    data = Calibration.of(config.importance, calibration, loss_fn, inputs, compensate=config.compensate)
     stages = Stages(show=progress)
     keep: dict[str, str] = {}
     try:

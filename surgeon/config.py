@@ -81,6 +81,10 @@ class Config:
             Face transformers) or "auto" (fx first, export when fx fails).
         strict: a handler that crashes is a bug and raises `HandlerError` (default); with
             False its channels are kept, with a warning.
+        compensate: bias compensation — each removed unit's calibration mean times the
+            weights reading it moves into those layers' biases (created where missing), so the
+            slim model matches the original with removed units held at their means rather
+            than zeroed. Needs `calibration=` on the verb; works with any importance.
     """
 
     ratio: float | None = None
@@ -97,6 +101,7 @@ class Config:
     leaf_modules: tuple[type | str, ...] = ()
     frontend: str = "auto"
     strict: bool = True
+    compensate: bool = False
 
     def __post_init__(self) -> None:
         self._check_budget()
@@ -108,7 +113,7 @@ class Config:
             raise InputError(f"round_to must be a positive integer, got {self.round_to!r}")
         if self.frontend not in FRONTENDS:
             raise InputError(f"frontend must be one of {FRONTENDS}, got {self.frontend!r}")
-        for name in ("prune_heads", "prune_head_dims", "prune_embed", "prune_kv_heads", "strict"):
+        for name in ("prune_heads", "prune_head_dims", "prune_embed", "prune_kv_heads", "strict", "compensate"):
             if not isinstance(getattr(self, name), bool):
                 raise InputError(f"{name} must be True or False, got {getattr(self, name)!r}")
         for name in ("ignore", "leaf_modules"):

@@ -35,9 +35,11 @@ def _shapes(model: nn.Module) -> list[list[Any]]:
 
 
 def _original_shapes(slim: nn.Module, plan: Plan) -> list[list[Any]]:
-    """The original model's tensor shapes: the slim shapes with every cut dimension restored."""
+    """The original model's tensor shapes: the slim shapes with every cut dimension restored,
+    without the biases bias compensation created."""
     sizes = {(c.tensor, c.dim): c.size for c in plan.cuts}
-    return [[n, [sizes.get((n, d), s) for d, s in enumerate(shape)]] for n, shape in _shapes(slim)]
+    created = {s.bias for s in plan.shifts if s.created}
+    return [[n, [sizes.get((n, d), s) for d, s in enumerate(shape)]] for n, shape in _shapes(slim) if n not in created]
 
 
 def _versions() -> dict[str, str]:

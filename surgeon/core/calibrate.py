@@ -342,9 +342,11 @@ class Calibration:
     stats: Stats | None = None
 
     @classmethod
-    def of(cls, importance: Any, batches: Iterable[Any] | None, loss_fn: LossFn | None, example: Inputs) -> Calibration:
-        """Checked: a data criterion has batches; `loss_fn` is callable (and warned about
-        where no gradient criterion reads it); unused batches are warned about."""
+    def of(cls, importance: Any, batches: Iterable[Any] | None, loss_fn: LossFn | None, example: Inputs, *,
+           compensate: bool = False) -> Calibration:
+        """Checked: a data criterion and bias compensation have batches (compensation reads
+        the activations' means whatever the importance); `loss_fn` is callable (and warned
+        about where no gradient criterion reads it); unused batches are warned about."""
         if batches is not None and (not isinstance(batches, Iterable) or isinstance(batches, (torch.Tensor, dict))):
             raise InputError("calibration must be an iterable of batches (a list, a DataLoader), "
                              f"not a single {type(batches).__name__}; wrap one batch as [batch]")
@@ -352,15 +354,19 @@ class Calibration:
         if reads is not None and batches is None:
             raise InputError(f"importance={importance!r} ranks units on data: pass calibration=batches "
                              "(an iterable of input batches like example_inputs, or of (inputs, targets) pairs)")
+        if compensate and batches is None:
+            raise InputError("compensate=True moves each removed unit's calibration mean into its consumers' "
+                             "biases: pass calibration=batches (an iterable of input batches like example_inputs)")
         if loss_fn is not None and not callable(loss_fn):
             raise InputError(f"loss_fn must be a callable(output, targets) -> scalar loss, got {loss_fn!r}")
-        if reads is None and batches is not None:
+        if reads is None and batches is not None and not compensate:
             warn(f"calibration data is read only by data criteria ({', '.join(DATA_IMPORTANCES)} or a "
-                 f"Criterion); importance={importance!r} ignores it")
+                 f"Criterion) and compensate=True; importance={importance!r} ignores it")
         elif loss_fn is not None and not (reads and reads[1]):
             warn(f"loss_fn is read only by gradient criteria ('taylor', Criterion(gradients=True)); "
                  f"importance={importance!r} ignores it")
-        return cls(batches, loss_fn, example, *(reads or (False, False)))
+        activations, gradients = reads or (False, False)
+        return cls(batches, loss_fn, example, activations or compensate, gradients)
 
     def gather(self, model: nn.Module, gm: fx.GraphModule, coupling: Coupling, stages: Stages) -> Stats | None:
         """The statistics (None when the importance reads none)."""

@@ -15,13 +15,14 @@ import math
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
+import torch
 from torch import nn
 
 from ..errors import PlanError
 from .balance import remove_lowest
 from .groups import Coupling, Group
 
-__all__ = ["Cut", "SizeChange", "Budget", "Plan", "select", "select_counts", "removal_orders",
+__all__ = ["Cut", "SizeChange", "Budget", "Shift", "Plan", "select", "select_counts", "removal_orders",
            "unit_widths",
            "make_plan", "signature"]
 
@@ -70,11 +71,48 @@ class Budget:
 
 
 @dataclass(frozen=True)
+class Shift:
+    """Bias compensation at one consumer (`compensate=True`): its removed input indices `index`
+    are replaced by their calibration means `mean`, so `rebuild` adds W[:, index] · mean (summed
+    over a conv's kernel) to the bias of `module` — creating it when `created`. `groups` holds
+    each index's group; `approximate` says why the bias is not exact there ("" when it is)."""
+
+    module: str
+    weight: str
+    index: tuple[int, ...]
+    mean: tuple[float, ...]
+    groups: tuple[int, ...] = ()
+    created: bool = False
+    approximate: str = ""
+
+    @property
+    def bias(self) -> str:
+        """Name of the bias the shift goes into."""
+        return f"{self.module}.bias" if self.module else "bias"
+
+    def delta(self, layer: nn.Module) -> torch.Tensor:
+        """Δb = W[:, index] · mean per output of `layer` (a conv's taps summed, group by group)."""
+        w = layer.weight.detach().double()
+        taps = w.flatten(2).sum(2) if w.dim() > 2 else w
+        out, per_group = taps.shape
+        groups = getattr(layer, "groups", 1)
+        mean = torch.zeros(groups * per_group, dtype=torch.float64, device=w.device)
+        mean[list(self.index)] = torch.tensor(self.mean, dtype=torch.float64, device=w.device)
+        delta = (taps.view(groups, out // groups, per_group) * mean.view(groups, 1, per_group)).sum(-1)
+        return delta.reshape(out).to(layer.weight.dtype)
+
+    def __repr__(self) -> str:
+        how = f", approximate: {self.approximate}" if self.approximate else ""
+        return f"Shift({self.bias}: {len(self.index)} inputs held at their means{how})"
+
+
+@dataclass(frozen=True)
 class Plan:
     """What a slim operation removes. `apply(model)` performs it.
 
     `ratio` is the uniform ratio asked for (None under a global budget, which `budget`
-    describes); `ratios` holds the fraction of its units each group loses."""
+    describes); `ratios` holds the fraction of its units each group loses; `shifts` the bias
+    compensation of each consumer (`compensate=True`)."""
 
     ratio: float | None
     cuts: tuple[Cut, ...]
@@ -84,11 +122,13 @@ class Plan:
     signature: str = ""
     ratios: tuple[float, ...] = ()
     budget: Budget | None = None
+    shifts: tuple[Shift, ...] = ()
 
     def __repr__(self) -> str:
         pruned = sum(1 for r in self.removed if r)
         how = f"ratio={self.ratio}" if self.budget is None else repr(self.budget)
-        return f"Plan({how}, groups={len(self.groups)} ({pruned} pruned), cuts={len(self.cuts)})"
+        shifts = f", biases compensated={len(self.shifts)}" if self.shifts else ""
+        return f"Plan({how}, groups={len(self.groups)} ({pruned} pruned), cuts={len(self.cuts)}{shifts})"
 
     @property
     def exact(self) -> bool:
@@ -125,6 +165,8 @@ class Plan:
                 signature=d.get("signature", ""),
                 ratios=tuple(d.get("ratios") or _ratios(d["groups"], d["removed"])),
                 budget=Budget(**d["budget"]) if d.get("budget") else None,
+                shifts=tuple(Shift(**{k: tuple(v) if isinstance(v, list) else v for k, v in s.items()})
+                             for s in d.get("shifts", ())),
             )
         except (KeyError, TypeError) as e:
             raise PlanError(f"not a surgeon plan: {e}") from e

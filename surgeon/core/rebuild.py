@@ -7,6 +7,7 @@ resizer registered for each touched module type fixes the attributes its `forwar
 it left alone (ViT's `hidden_dim`) is set to its new size; the ancestors of a touched
 module are resized too (an attention layer reads its projections' widths). The same routine
 builds the verification reference, in which exact removals are zeroed instead of removed.
+Bias compensation (`plan.shifts`) goes first, while every weight still has its full width.
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from torch import nn
 
 from ..errors import PlanError
 from ..ops.registry import finishers, load_optional, lookup_resizer
-from .plan import Cut, Plan, signature
+from .plan import Cut, Plan, Shift, signature
 
 __all__ = ["apply_plan", "rebuild", "Undo", "clone", "PLAN_ATTR", "INPUTS_ATTR", "TIMINGS_ATTR"]
 
@@ -93,8 +94,32 @@ def _sliced(old: torch.Tensor, cuts: list[Cut], drop: Callable[[Cut], tuple[int,
     return new
 
 
+def _compensate(model: nn.Module, shifts: list[Shift], by_tensor: dict[str, list[Cut]], undo: Undo) -> None:
+    """Add each shift's Δb to its layer's bias — a new parameter, created (and then cut as the
+    weight's outputs are) where the layer has none."""
+    owners = _owners(model)
+    for shift in shifts:
+        module = model.get_submodule(shift.module)
+        old = module._parameters["bias"]
+        with torch.no_grad():
+            delta = shift.delta(module)
+            new = nn.Parameter(delta if old is None else old.detach() + delta,
+                               requires_grad=module.weight.requires_grad if old is None else old.requires_grad)
+        if old is None:
+            undo.tensors.append((module._parameters, "bias", None))
+            module._parameters["bias"] = new
+            by_tensor[shift.bias] = [Cut(shift.bias, 0, c.size, c.remove, c.inexact, c.groups)
+                                     for c in by_tensor.get(shift.weight, ()) if c.dim == 0]
+            continue
+        new.grad = old.grad
+        for _, store, key in owners[id(old)]:
+            undo.tensors.append((store, key, old))
+            store[key] = new
+
+
 def rebuild(model: nn.Module, plan: Plan, *, reference: bool = False, undo: Undo | None = None) -> Undo:
-    """Apply `plan` to `model` in place; with `reference`, zero exact removals instead.
+    """Apply `plan` to `model` in place; with `reference`, zero exact removals instead (and
+    compensate only the biases `verify` cannot hold at their means: approximate shifts).
 
     Records every replacement in `undo` (a new one if None) and returns it.
     """
@@ -104,8 +129,9 @@ def rebuild(model: nn.Module, plan: Plan, *, reference: bool = False, undo: Undo
     by_tensor: dict[str, list[Cut]] = defaultdict(list)
     for cut in plan.cuts:
         by_tensor[cut.tensor].append(cut)
-    owners = _owners(model)
     undo = Undo([], []) if undo is None else undo
+    _compensate(model, [s for s in plan.shifts if s.approximate or not reference], by_tensor, undo)
+    owners = _owners(model)
     touched: dict[str, dict] = {}
     for name, cuts in by_tensor.items():
         old = _lookup(model, name)

@@ -11,6 +11,11 @@ A check can pass vacuously: where the weights make a group's removed channels ma
 see. So each checked group is *probed*: its removed parameter slices are given back their
 original values in the reference (every other group's stay zeroed) and the relative change of
 the output is measured; a group changing it by no more than the tolerance is *uninformative*.
+
+With bias compensation (`plan.shifts`) the reference holds the removed inputs of each exactly
+compensated layer at their calibration means (`core.compensate.holding`) instead of zeroing its
+columns; an approximate shift (a zero-padded conv) is applied to the reference as the slim
+model applies it, and reported.
 """
 from __future__ import annotations
 
@@ -19,8 +24,9 @@ import math
 import time
 from collections import defaultdict
 from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
+from contextlib import AbstractContextManager, contextmanager
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -30,6 +36,7 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 
 from ..errors import PlanError, VerificationError
 from ..util import Inputs, as_inputs, infer_inputs, outputs, prefer_fake, relative_error, warn
+from .compensate import holding, reference_plan
 from .plan import Cut, Plan
 from .rebuild import INPUTS_ATTR, PLAN_ATTR, rebuild
 
@@ -54,14 +61,22 @@ class Report:
     output by no more than the tolerance: on these weights the check cannot see them."""
     probed: int = 0
     """How many checked groups were probed one by one (the rest only all together)."""
+    compensated: tuple[str, ...] = ()
+    """Layers whose bias compensates removed units, checked against the original with those
+    units held at their calibration means."""
+    approximate: tuple[tuple[str, str], ...] = ()
+    """Layers whose compensation a bias cannot make exact (layer, why): the reference applies
+    it as the slim model does, so it is not checked."""
 
     def __repr__(self) -> str:
         verdict = "OK" if self.ok else "FAILED"
         warning = "; WARNING: the outputs are constant, so this check proves nothing" if self.constant else ""
         weak = f", {len(self.uninformative)} uninformative" if self.uninformative else ""
+        shifts = (f", {len(self.compensated)} biases compensated at the means ({len(self.approximate)} "
+                  "more approximately)") if self.compensated or self.approximate else ""
         return (f"Report({verdict}: max rel. error {self.max_rel_error:.2e} (tol {self.tolerance:g}), "
                 f"{len(self.checked)} pruned groups checked{weak}, {len(self.unchecked)} inexact not "
-                f"checked{warning})")
+                f"checked{shifts}{warning})")
 
 
 def output_shapes(model: nn.Module, inputs: Inputs) -> list[tuple[int, ...]]:
@@ -111,10 +126,10 @@ def _given_back(original: nn.Module, reference: nn.Module, by_tensor: dict[str, 
 
 def _uninformative(original: nn.Module, reference: nn.Module, plan: Plan, inputs: Inputs,
                    expected: list[torch.Tensor], checked: tuple[int, ...], tolerance: float,
-                   seconds: float) -> tuple[tuple[int, ...], int]:
+                   seconds: float, hold: Callable[[set[int]], AbstractContextManager]) -> tuple[tuple[int, ...], int]:
     """Checked groups whose removed slices change the output by at most `tolerance`, and how
     many were probed one by one: all of them together first (one forward), then each on its
-    own for as many as `seconds` allow."""
+    own for as many as `seconds` allow. `hold(groups)` releases those groups' held means."""
     params = dict(original.named_parameters())
     by_tensor: dict[str, list[Cut]] = defaultdict(list)
     touches: dict[int, set[str]] = defaultdict(set)
@@ -126,7 +141,7 @@ def _uninformative(original: nn.Module, reference: nn.Module, plan: Plan, inputs
 
     def change(groups: set[int]) -> float:
         names = set().union(*(touches[g] for g in groups))
-        with _given_back(original, reference, {n: by_tensor[n] for n in names}, groups):
+        with _given_back(original, reference, {n: by_tensor[n] for n in names}, groups), hold(groups):
             got = outputs(reference, inputs)
         return max((relative_error(a, b) for a, b in zip(got, expected)), default=0.0)
 
@@ -138,10 +153,24 @@ def _uninformative(original: nn.Module, reference: nn.Module, plan: Plan, inputs
     return tuple(g for g in checked[:n] if change({g}) <= tolerance), n
 
 
+def _shifted(original: nn.Module, plan: Plan) -> nn.Module:
+    """What probes give slices back from: the original, with the approximate bias shifts the
+    reference also carries."""
+    approximate = tuple(s for s in plan.shifts if s.approximate)
+    if not approximate:
+        return original
+    base = copy.deepcopy(original)
+    rebuild(base, replace(plan, cuts=(), sizes=(), shifts=approximate), reference=True)
+    return base
+
+
 def verify(original: nn.Module, slim: nn.Module, example_inputs: Any = None, *,
            plan: Plan | None = None, tolerance: float = 1e-4, strict: bool = False,
            probe_seconds: float = 5.0) -> Report:
-    """Check that `slim` equals `original` with the removed indices zeroed (float tolerance).
+    """Check that `slim` equals `original` with the removed indices zeroed (float tolerance) —
+    or, for layers whose bias compensates them (`compensate=True`), held at their calibration
+    means (`Report.compensated`; zero-padded convs, where a bias is not exact, are listed in
+    `Report.approximate` and not checked).
 
     Args:
         original: the unpruned model.
@@ -170,17 +199,21 @@ def verify(original: nn.Module, slim: nn.Module, example_inputs: Any = None, *,
         inputs = recorded if recorded is not None else infer_inputs(original)
     else:
         inputs = as_inputs(example_inputs)
+    ref_plan = reference_plan(plan)
     reference = copy.deepcopy(original)
-    rebuild(reference, plan, reference=True)
-    expected, got = outputs(reference, inputs), outputs(slim, inputs)
+    rebuild(reference, ref_plan, reference=True)
+    with holding(reference, plan):
+        expected = outputs(reference, inputs)
+    got = outputs(slim, inputs)
     shapes_equal = [t.shape for t in expected] == [t.shape for t in got]
     err = max((relative_error(a, b) for a, b in zip(got, expected)), default=0.0) if shapes_equal else float("inf")
     pruned = [(g, r) for g, r in zip(plan.groups, plan.removed) if r]
     checked = tuple(g.id for g, _ in pruned if g.exact)
     weak, probed = (), 0
     if checked and shapes_equal and any(c.groups for c in plan.cuts):
-        weak, probed = _uninformative(original, reference, plan, inputs, expected, checked,
-                                      tolerance, probe_seconds)
+        weak, probed = _uninformative(_shifted(original, plan), reference, ref_plan, inputs, expected,
+                                      checked, tolerance, probe_seconds,
+                                      lambda groups: holding(reference, plan, released=groups))
     report = Report(
         ok=shapes_equal and err <= tolerance,
         max_rel_error=err,
@@ -191,6 +224,8 @@ def verify(original: nn.Module, slim: nn.Module, example_inputs: Any = None, *,
         constant=all(t.numel() < 2 or bool((t == t.flatten()[0]).all()) for t in expected),
         uninformative=weak,
         probed=probed,
+        compensated=tuple(s.module for s in plan.shifts if not s.approximate),
+        approximate=tuple((s.module, s.approximate) for s in plan.shifts if s.approximate),
     )
     if weak:
         warn(f"verify: {len(weak)} of {len(checked)} checked groups are uninformative (ids "
