@@ -23,9 +23,8 @@ import copy
 import math
 import time
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
-from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
