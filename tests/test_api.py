@@ -154,6 +154,21 @@ def test_l2_removes_the_weakest_channels():
     assert cut.remove == (0, 1, 2, 3)
 
 
+@pytest.mark.parametrize("importance", ["l2", "l1"])
+def test_norm_scales_count_per_channel(importance):
+    """1-D slices (BatchNorm γ, biases) score per index: with equal conv weights the channels
+    with the smallest γ leave (they once all got the whole vector's norm, so the ranking ignored
+    γ and the digits CNN lost 10 points after BN recalibration, docs/results.md)."""
+    model = nn.Sequential(nn.Conv2d(3, 8, 1, bias=False), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 2, 1))
+    with torch.no_grad():
+        model[0].weight.fill_(1.0)
+        model[1].weight.copy_(torch.tensor([5.0, 0.1, 6.0, 0.2, 7.0, 0.3, 8.0, 0.4]))
+        model[3].weight.fill_(1.0)
+    plan = surgeon.plan(model, 0.5, torch.randn(1, 3, 4, 4), importance=importance)
+    cut = next(c for c in plan.cuts if c.tensor == "0.weight")
+    assert cut.remove == (1, 3, 5, 7)
+
+
 def test_round_to():
     slim = surgeon.slim(small_resnet(), 0.3, X, round_to=8)
     widths = [m.out_channels for m in slim.modules() if isinstance(m, nn.Conv2d)]

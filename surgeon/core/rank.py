@@ -52,8 +52,11 @@ def _slice_scores(t: torch.Tensor, dim: int, importance: Importance) -> np.ndarr
             raise InputError(f"importance callable returned shape {tuple(s.shape)}, expected ({t.shape[dim]},)")
         return s.double().cpu().numpy()
     other = [d for d in range(t.dim()) if d != dim]
-    norm = torch.linalg.vector_norm(t, ord=1 if importance == "l1" else 2, dim=other or None,
-                                   dtype=torch.promote_types(t.dtype, torch.float32))
+    dtype = torch.promote_types(t.dtype, torch.float32)
+    # A 1-D tensor (bias, norm affine) is one slice per index; vector_norm over no dims would
+    # reduce the whole tensor to one number and give every unit the same share of it.
+    norm = (torch.linalg.vector_norm(t, ord=1 if importance == "l1" else 2, dim=other, dtype=dtype)
+            if other else t.abs().to(dtype))
     return (norm if importance == "l1" else norm.square()).double().cpu().numpy()
 
 
