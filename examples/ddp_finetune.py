@@ -13,6 +13,7 @@ Run:
 from __future__ import annotations
 
 import argparse
+import gc
 import hashlib
 import json
 from pathlib import Path
@@ -70,6 +71,9 @@ def main() -> None:
                        history=[vars(step) for step in result.history.steps])
         (args.out / "summary.json").write_text(json.dumps(summary, indent=1))
     distributed.save(distributed.unwrap(result.model).state_dict(), args.out / "model.pt")
+    del model, result, opt  # DDP reducers go before their process group (gloo aborts otherwise)
+    gc.collect()
+    dist.barrier()
     dist.destroy_process_group()
 
 

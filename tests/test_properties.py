@@ -74,3 +74,9 @@ def test_grouped_conv_after_a_literal_split():
     """The cat feeding a grouped conv is half unprunable (a literal split): its in-group index j
     is kept in every group, since the weight's input dimension is shared."""
     check(Spec(stem=4, blocks=(("split",), ("conv", 4, 1, 2, "bn", "gelu")), head="pool", seed=0), 0.5)
+
+
+def test_a_conv_used_twice_after_a_literal_split():
+    """The conv's first call reads two unprunable channels (a literal split): its input columns
+    there stay, though its second call reads its own (prunable) outputs."""
+    check(Spec(stem=4, blocks=(("split",), ("twice",)), head="pool", seed=0), 0.5)

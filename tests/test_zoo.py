@@ -12,6 +12,7 @@ check had something to catch in every group.
 """
 from __future__ import annotations
 
+import copy
 import gc
 import math
 
@@ -21,7 +22,7 @@ import torchvision
 from torch import nn
 
 import surgeon
-from util import liven, n_params
+from util import liven, n_params, params
 from zoo import CNNS, SEGMENTATION, SLOW, input_size
 
 
@@ -42,13 +43,16 @@ def check(model: nn.Module, x: torch.Tensor, *, max_keep: float = 0.6) -> None:
     report = surgeon.verify(model, slim, x, probe_seconds=math.inf)
     assert report.ok, report
     assert report.checked or report.unchecked
-    assert report.probed == len(report.checked) and not report.uninformative, report.uninformative
+    assert report.probed == len(report.checked)
+    if report.uninformative:  # deep squeeze-excitation units move the output by ~1e-6: float64 sees them
+        report = surgeon.verify(copy.deepcopy(model).double(), copy.deepcopy(slim).double(), x.double(),
+                                probe_seconds=math.inf)
+        assert report.ok, report
+    plan = slim.surgeon_plan  # auxiliary classifiers run in training mode only: eval cannot see them
+    unseen = [g for g in report.uninformative if not all("aux" in s.lower() for s in plan.groups[g].spaces)]
+    assert not unseen, [plan.groups[g] for g in unseen]
     change = max(float((a - b).norm() / b.norm()) for a, b in zip(after, before))
     assert change > 1e-3, f"pruning changed the output by only {change:.1e}: the check proves nothing"
-
-
-def params(names, slow):
-    return [pytest.param(n, marks=pytest.mark.slow) if n in slow else n for n in names]
 
 
 @pytest.mark.parametrize("name", params(CNNS, SLOW))

@@ -1,6 +1,7 @@
 """Helpers shared by the handler and zoo tests: round trip, livened weights."""
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 
@@ -122,3 +123,10 @@ def assert_unchanged(model: nn.Module, before: dict) -> None:
         b2, bits2, dtype2 = now["buffers"][name]
         assert b2 is b and dtype2 == dtype, name
         assert (bits2.shape == bits.shape) if b.is_meta else torch.equal(bits2, bits), f"buffer '{name}' changed"
+
+
+def params(cases, slow):
+    """pytest parameters (names, or tuples led by a name), those named in `slow` marked slow."""
+    name = lambda c: c[0] if isinstance(c, tuple) else c  # noqa: E731
+    return [pytest.param(*(c if isinstance(c, tuple) else (c,)), marks=pytest.mark.slow)
+            if name(c) in slow else c for c in cases]

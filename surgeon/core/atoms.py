@@ -3,8 +3,9 @@
 Every prunable index (a conv's output channel, a column of a Linear, a BatchNorm entry…) is an
 *atom*. Atoms are allocated in contiguous runs, one run per *space* (one dimension of one
 parameter or buffer). Handlers relate atoms: `union` couples them (they must leave together),
-`freeze` pins them (reason kept), `inexact` marks them as feeding a statistic over channels.
-The coupled groups are built from this in `groups.py`.
+`balance` makes rows of them lose equally many (equal chunks), `freeze` pins them (reason
+kept), `inexact` marks them as feeding a statistic over channels. The coupled groups are built
+from this in `groups.py`.
 """
 from __future__ import annotations
 

@@ -123,10 +123,17 @@ def _given_back(original: nn.Module, reference: nn.Module, by_tensor: dict[str, 
             param.data = data
 
 
+NOISE_MARGIN = 10.0
+"""A probed group is seen by the check when giving it back moves the output by more than ten
+times the error measured (a slim model mishandling it would show an error that large) and ten
+times the output dtype's resolution; never a stricter demand than the tolerance."""
+
+
 def _uninformative(original: nn.Module, reference: nn.Module, plan: Plan, inputs: Inputs,
                    expected: list[torch.Tensor], checked: tuple[int, ...], tolerance: float,
                    seconds: float, hold: Callable[[set[int]], AbstractContextManager]) -> tuple[tuple[int, ...], int]:
-    """Checked groups whose removed slices change the output by at most `tolerance`, and how
+    """Checked groups whose removed slices change the output by at most `tolerance` (what the
+    check can tell apart from the error it measured), and how
     many were probed one by one: all of them together first (one forward), then each on its
     own for as many as `seconds` allow. `hold(groups)` releases those groups' held means."""
     params = dict(original.named_parameters())
@@ -210,8 +217,10 @@ def verify(original: nn.Module, slim: nn.Module, example_inputs: Any = None, *,
     checked = tuple(g.id for g, _ in pruned if g.exact)
     weak, probed = (), 0
     if checked and shapes_equal and any(c.groups for c in plan.cuts):
+        eps = max((torch.finfo(t.dtype).eps for t in expected if t.is_floating_point()), default=0.0)
+        seen = min(tolerance, NOISE_MARGIN * max(err, eps))
         weak, probed = _uninformative(_shifted(original, plan), reference, ref_plan, inputs, expected,
-                                      checked, tolerance, probe_seconds,
+                                      checked, seen, probe_seconds,
                                       lambda groups: holding(reference, plan, released=groups))
     report = Report(
         ok=shapes_equal and err <= tolerance,
@@ -229,8 +238,8 @@ def verify(original: nn.Module, slim: nn.Module, example_inputs: Any = None, *,
     if weak:
         warn(f"verify: {len(weak)} of {len(checked)} checked groups are uninformative (ids "
              f"{list(weak[:8])}{' …' if len(weak) > 8 else ''}): giving their removed channels back "
-             f"changes the output by at most the tolerance {tolerance:g}, so on these weights "
-             "the check cannot see them (near-zero layer scales or norm weights?)")
+             f"changes the output by at most {seen:.1e} (ten times the error measured, at most the "
+             f"tolerance {tolerance:g}), so on these weights the check cannot see them (near-zero layer scales or norm weights?)")
     if strict and not report.ok:
         raise VerificationError(repr(report))
     return report

@@ -123,14 +123,21 @@ class Ctx:
         return self.dg.space(name, dim % t.dim(), t.shape[dim], active=active)
 
     def bind(self, attr: str, dim: int, arr: np.ndarray | None) -> None:
-        """Couple dimension `dim` of this module's tensor `attr` with the atoms in `arr`."""
-        if arr is None or (atoms := self.param(attr, dim)) is None:
+        """Couple dimension `dim` of this module's tensor `attr` with the atoms in `arr`. An
+        entry facing an unprunable index (−1, or `arr` None) is frozen: the module may be
+        called again on a tensor whose index there could leave (one conv used twice)."""
+        if (atoms := self.param(attr, dim)) is None:
+            return
+        if arr is None:
+            self.dg.freeze(atoms, f"{self.where}: {attr} meets an unprunable input")
             return
         if atoms.size != arr.size:
             raise HandlerError(
                 f"{self.where}: {attr} has {atoms.size} entries in dim {dim}, input has {arr.size}"
             )
         self.dg.union(atoms, arr)
+        if (arr < 0).any():
+            self.dg.freeze(atoms[arr < 0], f"{self.where}: {attr} meets an unprunable input")
 
     def track(self, attr: str, arr: np.ndarray | None, size: int, *, module: str | None = None) -> None:
         """Record that attribute `attr` of this node's module (or of `module`, a path) counts

@@ -30,6 +30,8 @@ def matmul(ctx: Ctx) -> Labels:
         ctx.freeze(b, "matmul with a vector")
         return Labels([None] * len(ctx.out_shape))
     ctx.merge([a[-1], b[-2]])
+    if len(sa) >= 3 and len(sb) >= 3:  # attention written out (q @ kᵀ, p @ v): heads in dim -3
+        projection_inputs(ctx, a[-3], b[-3])
     batch = ctx.broadcast_merge([(Labels(a[:-2]), sa[:-2]), (Labels(b[:-2]), sb[:-2])],
                                 out_shape=ctx.out_shape[:-2])
     return Labels([*batch, a[-2], b[-1]])
