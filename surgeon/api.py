@@ -204,10 +204,13 @@ def _retry(target: nn.Module, graphs: list[fx.GraphModule], error: BaseException
         return False
     first = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
     cls = type(target.get_submodule(culprit))
-    for path, m in target.named_modules():  # the same code fails the same way: keep them all
-        if type(m) is cls:
-            keep[path] = (f"{cls.__name__} '{culprit}' does not run once its channels leave ({first}); "
-                          f"every {cls.__name__} keeps its channels")
+    same = [path for path, m in target.named_modules() if type(m) is cls]
+    if not any(path in keep for path in same):  # first failure of this class: keep that module only
+        keep[culprit] = f"{cls.__name__} '{culprit}' does not run once its channels leave ({first})"
+        return True
+    for path in same:  # a second one fails the same way: keep them all
+        keep[path] = (f"{cls.__name__} '{culprit}' does not run once its channels leave ({first}); "
+                      f"every {cls.__name__} keeps its channels")
     return True
 
 

@@ -269,3 +269,15 @@ def test_slim_keeps_a_module_whose_forward_rejects_its_slim_widths():
     reasons = [w for g in slim.surgeon_plan.groups for w in g.frozen_why]
     assert any("_WidthFromInput '1' does not run once its channels leave" in w for w in reasons)
     assert surgeon.verify(model, slim).ok
+
+
+def test_a_second_failure_of_the_same_class_keeps_the_whole_class():
+    """The first failing module is kept alone; when another of its class fails too, all are."""
+    model = nn.Sequential(nn.Linear(8, 16), _WidthFromInput(), nn.Linear(16, 32), nn.GELU(), nn.Linear(32, 16),
+                          _WidthFromInput(), nn.Linear(16, 3)).eval()
+    x = torch.randn(2, 5, 8)
+    slim = surgeon.slim(model, 0.5, x, frontend="export")
+    assert slim[1].qkv.out_features == slim[5].qkv.out_features == 48 and slim[2].out_features == 16
+    reasons = {w for g in slim.surgeon_plan.groups for w in g.frozen_why}
+    assert any("every _WidthFromInput keeps its channels" in w for w in reasons)
+    assert surgeon.verify(model, slim).ok
