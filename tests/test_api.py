@@ -232,3 +232,16 @@ def test_train_only_branch_needs_inputs_it_accepts():
     with pytest.raises(surgeon.TraceError, match="train-mode graph"):
         surgeon.plan(model, 0.5, torch.randn(1, 3, 224, 224))
     assert surgeon.plan(model, 0.5).removed  # inferred inputs: 299×299
+
+
+@pytest.mark.parametrize("shape, dim", [((7, 5, 3, 3), 0), ((7, 5, 3, 3), 1), ((300, 70000), 1),
+                                        ((300, 70000), 0), ((9,), 0), ((3, 4, 5), 2)])
+def test_chunked_slice_norms_equal_the_plain_reduction(shape, dim):
+    """L2 / L1 scores are summed in chunks (a strided reduction over a Linear's rows is slow):
+    the same numbers as one reduction, for every dimension and a 1-D tensor."""
+    from surgeon.core.rank import _powered_sums
+
+    t = torch.randn(shape)
+    other = [d for d in range(t.dim()) if d != dim]
+    for p, ref in ((2, t.square()), (1, t.abs())):
+        torch.testing.assert_close(_powered_sums(t, dim, p), ref.sum(other) if other else ref, rtol=1e-4, atol=1e-3)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import math
+
 import numpy as np
 import torch
 from torch import nn
@@ -43,21 +45,36 @@ def _checked(t: torch.Tensor, name: str, dim: int, importance: Importance) -> np
 
 def _slice_scores(t: torch.Tensor, dim: int, importance: Importance) -> np.ndarray:
     """Per-index score contribution of tensor `t` along `dim` (summed over the other dims): the
-    squared L2 norm or the L1 norm of each slice, accumulated in float32 without a float copy
-    of the tensor (bfloat16 LLM weights)."""
+    squared L2 norm or the L1 norm of each slice."""
     t = t.detach()
     if callable(importance):
         s = torch.as_tensor(importance(t.float(), dim))
         if s.shape != (t.shape[dim],):
             raise InputError(f"importance callable returned shape {tuple(s.shape)}, expected ({t.shape[dim]},)")
         return s.double().cpu().numpy()
-    other = [d for d in range(t.dim()) if d != dim]
+    return _powered_sums(t, dim, 1 if importance == "l1" else 2).double().cpu().numpy()
+
+
+CHUNK = 1 << 22
+"""Elements converted at a time: a bfloat16 LLM weight is never copied whole to float32."""
+
+
+def _powered_sums(t: torch.Tensor, dim: int, p: int) -> torch.Tensor:
+    """Σ |x|ᵖ over each slice of `t` along `dim` (a 1-D tensor: each entry on its own), in
+    float32 or wider, summed over chunks of the leading dimensions, each reduced over its
+    contiguous trailing part first: one strided reduction over a Linear's rows takes 15×
+    longer (vgg16_bn's 25088-wide classifier: 2 s)."""
     dtype = torch.promote_types(t.dtype, torch.float32)
-    # A 1-D tensor (bias, norm affine) is one slice per index; vector_norm over no dims would
-    # reduce the whole tensor to one number and give every unit the same share of it.
-    norm = (torch.linalg.vector_norm(t, ord=1 if importance == "l1" else 2, dim=other, dtype=dtype)
-            if other else t.abs().to(dtype))
-    return (norm if importance == "l1" else norm.square()).double().cpu().numpy()
+    x = t.reshape(math.prod(t.shape[:dim]), t.shape[dim], -1)
+    _, size, post = x.shape
+    rows = max(1, CHUNK // max(1, size * post))
+    step = max(1, CHUNK // max(1, rows * post))
+    total = torch.zeros(size, dtype=dtype, device=t.device)
+    for block in x.split(rows, dim=0):
+        for start in range(0, size, step):
+            chunk = block[:, start:start + step].to(dtype)
+            total[start:start + step] += (chunk.abs() if p == 1 else chunk.square()).sum(dim=(0, 2))
+    return total
 
 
 def score_units(model: nn.Module, coupling: Coupling, importance: Importance = "l2", *,
