@@ -20,7 +20,7 @@ from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 from .errors import InputError, TraceError
 
 __all__ = ["Inputs", "as_inputs", "infer_inputs", "eval_mode", "outputs", "relative_error",
-           "count_params", "count_macs", "flop_counter", "prefer_fake", "FAKE_ABOVE", "warn"]
+           "count_params", "count_macs", "flop_counter", "prefer_fake", "FAKE_ABOVE", "warn", "attribute"]
 
 FAKE_ABOVE = 50_000_000
 """Parameter count above which shapes come from fake tensors: a real forward of a large model
@@ -195,3 +195,13 @@ def warn(message: str) -> None:
     while frame is not None and frame.f_code.co_filename.startswith(package):
         frame, level = frame.f_back, level + 1
     warnings.warn(message, UserWarning, stacklevel=level)
+
+
+def attribute(model: nn.Module, target: str) -> Any:
+    """What a graph's `get_attr` node names on `model` (a dotted path); None for a constant the
+    tracer made up."""
+    mod, _, name = target.rpartition(".")
+    try:
+        return getattr(model.get_submodule(mod) if mod else model, name)
+    except AttributeError:
+        return None

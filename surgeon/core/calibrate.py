@@ -28,7 +28,7 @@ from torch.utils._pytree import tree_leaves
 
 from ..config import DATA_IMPORTANCES
 from ..errors import InputError
-from ..util import Inputs, eval_mode, warn
+from ..util import Inputs, attribute, eval_mode, warn
 from .batches import LossFn, default_loss, split_batch
 from .criteria import needs
 from .groups import Coupling
@@ -172,17 +172,10 @@ def _reads(model: nn.Module, node: fx.Node) -> dict[str, torch.Tensor]:
         return {f"{node.target}.{k}": p for k, p in model.get_submodule(node.target).named_parameters()}
     found = {}
     for a in node.all_input_nodes:
-        if a.op == "get_attr" and isinstance(t := _get(model, a.target), nn.Parameter):
+        if a.op == "get_attr" and isinstance(t := attribute(model, a.target), nn.Parameter):
             found[a.target] = t
     return found
 
-
-def _get(model: nn.Module, target: str) -> Any:
-    mod, _, name = target.rpartition(".")
-    try:
-        return getattr(model.get_submodule(mod) if mod else model, name)
-    except AttributeError:
-        return None
 
 
 def _out_norm(coupling: Coupling, reads: dict[str, torch.Tensor], names: dict[int, str], atoms: np.ndarray) -> np.ndarray:

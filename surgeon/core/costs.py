@@ -27,7 +27,7 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.utils._pytree import tree_map
 from torch.utils.flop_counter import flop_registry
 
-from ..util import flop_counter
+from ..util import attribute, flop_counter
 from .groups import Coupling
 
 __all__ = ["CostModel", "param_costs", "mac_costs"]
@@ -176,7 +176,7 @@ def _operand_weights(model: nn.Module, node: fx.Node, by_id: dict[int, str]) -> 
     direct = []
     for arg in node.all_input_nodes:
         if arg.op == "get_attr":
-            value = _attr(model, arg.target)
+            value = attribute(model, arg.target)
             name = by_id.get(id(value))
             if name is not None and value.dim() >= 2:
                 direct.append(name)
@@ -189,13 +189,6 @@ def _operand_weights(model: nn.Module, node: fx.Node, by_id: dict[int, str]) -> 
     except AttributeError:
         return []
 
-
-def _attr(model: nn.Module, target: str) -> object:
-    mod, _, name = target.rpartition(".")
-    try:
-        return getattr(model.get_submodule(mod) if mod else model, name)
-    except AttributeError:
-        return None
 
 
 class _FakeCounter:

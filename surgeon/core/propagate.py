@@ -16,7 +16,7 @@ from ..config import Config
 from ..errors import HandlerError, InputError
 from ..ops import Ctx, Names, lookup
 from ..ops.torch.shape import size_value
-from ..util import warn
+from ..util import attribute, warn
 from .atoms import DepGraph
 from .labels import LABELS, Labels, empty, is_labelled, iter_labels
 
@@ -29,7 +29,7 @@ def _node_step(node: fx.Node, dg: DepGraph, env: dict, names: Names, options: Co
     if node.op == "placeholder":
         return empty(meta)
     if node.op == "get_attr":
-        value = _attr(names.model, node.target)
+        value = attribute(names.model, node.target)
         name = names.of(value) if isinstance(value, torch.Tensor) else None
         if name is None:  # not a parameter or buffer (a tensor computed while tracing): fixed
             return empty(meta)
@@ -66,14 +66,6 @@ def _node_step(node: fx.Node, dg: DepGraph, env: dict, names: Names, options: Co
         return empty(meta)
     return tuple(iter_labels(out)) if node.meta.get("flat_outputs") else out
 
-
-def _attr(model: nn.Module, target: str) -> object:
-    """The model's tensor at a dotted path; None for a constant the tracer made up."""
-    mod, _, name = target.rpartition(".")
-    try:
-        return getattr(model.get_submodule(mod) if mod else model, name)
-    except AttributeError:
-        return None
 
 
 def propagate(model: nn.Module, graphs: Sequence[fx.GraphModule], config: Config, *,
