@@ -37,6 +37,7 @@ def test_chunks_keep_equal_counts_not_equal_indices():
     model = Swap()
     with torch.no_grad():  # weak: channels 0-3 of the first half, 12-15 of the second
         model.stem.weight[[0, 1, 2, 3, 12, 13, 14, 15]] *= 1e-3
+        model.stem.bias[[0, 1, 2, 3, 12, 13, 14, 15]] *= 1e-3
         model.head.weight[:, [4, 5, 6, 7, 8, 9, 10, 11]] *= 1e-3  # (columns of the swapped cat)
     slim, report = roundtrip(model, torch.randn(2, 3, 4, 4))
     kept = [i for i in range(16) if any(torch.equal(model.stem.weight[i], w) for w in slim.stem.weight)]
