@@ -20,8 +20,9 @@ CNNS = (
 SEGMENTATION = ["fcn_resnet50", "fcn_resnet101", "deeplabv3_resnet50", "deeplabv3_resnet101",
                 "deeplabv3_mobilenet_v3_large", "lraspp_mobilenet_v3_large"]
 
-# Models too large for the default run (645 M parameters: build + three copies on 2 cores).
-SLOW = {"regnet_y_128gf"}
+# Models too large or slow for the default run (645 M parameters: build + three copies on 2 cores;
+# EfficientNet-B7: two minutes, most in the float64 re-check of its squeeze-excitation units).
+SLOW = {"regnet_y_128gf", "efficientnet_b7"}
 
 
 def input_size(name: str) -> int:
