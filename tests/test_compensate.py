@@ -14,7 +14,7 @@ from torch import nn
 from torchvision.models.vision_transformer import VisionTransformer
 
 import surgeon
-from tests.util import assert_unchanged, liven, snapshot
+from tests.util import assert_unchanged, liven, snapshot, tiny_bert
 
 
 class MLP(nn.Module):
@@ -219,13 +219,8 @@ def test_resnet18_is_exact_at_unpadded_layers_and_approximate_at_padded_convs():
 
 
 def test_hugging_face_bert_through_export_is_exact(recwarn):
-    transformers = pytest.importorskip("transformers")
-    model = transformers.BertForSequenceClassification(transformers.BertConfig(
-        vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64)).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() > 1:
-                p.copy_(torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())) * 0.2)
+    pytest.importorskip("transformers")
+    model = tiny_bert()
     g = torch.Generator().manual_seed(3)
     batch = lambda n: {"input_ids": torch.randint(3, 100, (n, 7), generator=g),
                        "attention_mask": torch.ones(n, 7, dtype=torch.long)}

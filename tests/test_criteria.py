@@ -12,7 +12,7 @@ from torchvision.models.vision_transformer import VisionTransformer
 
 import surgeon
 from surgeon.core.calibrate import Stats
-from tests.util import assert_unchanged, liven, snapshot
+from tests.util import assert_unchanged, liven, snapshot, tiny_bert
 
 DATA = ("taylor", "activation", "fluctuation")
 X = torch.randn(2, 8)
@@ -188,13 +188,8 @@ def test_a_vit_head_with_zero_output_leaves_first():
 
 @pytest.mark.parametrize("importance", ["activation", "taylor"])
 def test_hugging_face_bert_through_export(importance, recwarn):
-    transformers = pytest.importorskip("transformers")
-    model = transformers.BertForSequenceClassification(transformers.BertConfig(
-        vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64)).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() > 1:
-                p.copy_(torch.randn(p.shape) * 0.2)
+    pytest.importorskip("transformers")
+    model = tiny_bert()
     ids = torch.randint(3, 100, (2, 7))
     example = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
     cal = [{"input_ids": torch.randint(3, 100, (4, 7)), "attention_mask": torch.ones(4, 7, dtype=torch.long)}]

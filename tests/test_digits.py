@@ -1,34 +1,12 @@
 """The digits claims on real data (scikit-learn's load_digits), with examples/digits.py's fast
 settings and seed 0. docs/results.md reports the full settings over three seeds."""
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
-import torch
+from util import load_example, one_thread  # noqa: F401 (fixture)
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
-
-
-def _load_example():
-    spec = importlib.util.spec_from_file_location("digits", EXAMPLES / "digits.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["digits"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-digits = _load_example()
+digits = load_example("digits")
 SETTINGS = digits.FAST
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

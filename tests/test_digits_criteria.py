@@ -4,36 +4,15 @@ channels removed. The full run holds each ordering asserted here in 3 of 3 seeds
 measured finding is that a claim fails (data criteria against L2), the test asserts the
 finding, so a change that flips it shows up and the page must be updated."""
 
-import importlib.util
 import sys
-from pathlib import Path
 
 import pytest
-import torch
+from util import load_example, one_thread  # noqa: F401 (fixture)
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
-
-
-def _load(name: str):
-    sys.path.insert(0, str(EXAMPLES))
-    spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-criteria = _load("digits_criteria")
+criteria = load_example("digits_criteria")
 digits = sys.modules["digits"]
 SETUP = criteria.FAST
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _rows(make) -> dict:

@@ -1,5 +1,9 @@
-"""Helpers shared by the handler and zoo tests: round trip, livened weights."""
+"""Helpers shared by the tests: round trip, livened weights, snapshots, examples, a tiny BERT."""
 from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -127,6 +131,41 @@ def assert_unchanged(model: nn.Module, before: dict) -> None:
 
 def params(cases, slow):
     """pytest parameters (names, or tuples led by a name), those named in `slow` marked slow."""
-    name = lambda c: c[0] if isinstance(c, tuple) else c  # noqa: E731
     return [pytest.param(*(c if isinstance(c, tuple) else (c,)), marks=pytest.mark.slow)
-            if name(c) in slow else c for c in cases]
+            if (c[0] if isinstance(c, tuple) else c) in slow else c for c in cases]
+
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def load_example(name: str):
+    """examples/NAME.py imported as module NAME (examples import each other by name)."""
+    sys.path.insert(0, str(EXAMPLES))
+    spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a module's tests (the digits runs are timed and seeded)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny_bert() -> nn.Module:
+    """A 2-layer BertForSequenceClassification (4 heads of 8) with weights large enough that
+    every head and MLP unit visibly moves the output."""
+    import transformers
+
+    model = transformers.BertForSequenceClassification(transformers.BertConfig(
+        vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64)).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() > 1:
+                p.copy_(torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())) * 0.2)
+    return model
