@@ -156,6 +156,7 @@ EXPORT_ONLY = [  # timm families fx cannot trace (shape-dependent Python): trace
     ("xcit_nano_12_p16_224", {"depth": 2}, 64),
     ("samvit_base_patch16", {"depth": 2, "img_size": 64, "global_attn_indexes": ()}, 64),
     ("maxvit_tiny_tf_224", {"depths": (1, 1, 1, 1)}, 224),
+    ("mvitv2_tiny", {"img_size": 64}, 64),
 ]
 
 
@@ -173,3 +174,31 @@ def test_timm_families_fx_cannot_trace_slim_through_export(name, kw, size):
     assert sum(p.numel() for p in slim.parameters()) < 0.9 * sum(p.numel() for p in model.parameters())
     report = surgeon.verify(model, slim)
     assert report.ok and report.checked and changed(slim, model, x) > 1e-3
+
+
+class WrittenOut(nn.Module):
+    """Attention written out in `forward` (no handler sees it whole): the head split's
+    `self.num_heads` makes heads the units."""
+
+    def __init__(self, dim: int = 16, heads: int = 4) -> None:
+        super().__init__()
+        self.num_heads = heads
+        self.qkv, self.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
+
+    def forward(self, x):
+        b, n, _ = x.shape
+        q, k, v = self.qkv(x).reshape(b, n, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
+        attn = ((q @ k.transpose(-2, -1)) * 0.5).softmax(-1)
+        return self.proj((attn @ v).transpose(1, 2).reshape(b, n, -1))
+
+
+@pytest.mark.parametrize("frontend", ["fx", "export"])
+def test_written_out_attention_honours_prune_heads(frontend):
+    model = nn.Sequential(nn.Linear(8, 16), WrittenOut(), nn.Linear(16, 3)).eval()
+    x = torch.randn(2, 5, 8)
+    heads = surgeon.slim(model, 0.5, x, frontend=frontend)
+    kept = surgeon.slim(model, 0.5, x, frontend=frontend, prune_heads=False)
+    assert heads[1].num_heads == 2 and heads[1].qkv.out_features == 24
+    assert kept[1].num_heads == 4 and kept[1].qkv.out_features == 48
+    assert heads[0].out_features == kept[0].out_features == 16  # the width attention reads stays
+    assert surgeon.verify(model, heads).ok and surgeon.verify(model, kept).ok

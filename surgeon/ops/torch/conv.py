@@ -58,7 +58,13 @@ def conv(ctx: Ctx) -> Labels:
                     lambda a: ctx.bind("weight", 1, a))
     if whole and out is not None:
         ctx.track("groups", out.reshape(m.groups, -1)[:, 0], m.groups)
-    return Labels([None] * len(shape)).with_dim(cdim, out)
+    return _batch(x, len(shape), cdim).with_dim(cdim, out)
+
+
+def _batch(x: Labels, n: int, cdim: int) -> Labels:
+    """A conv treats every entry of a batch dimension alike: labels there pass (MViTv2 pools
+    each attention head as one batch entry); spatial dimensions carry none."""
+    return Labels([x[d] if d < cdim and d < len(x) else None for d in range(n)])
 
 
 @register(nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
@@ -78,7 +84,7 @@ def conv_transpose(ctx: Ctx) -> Labels:
         group = ctx.merge(cols)
         out = np.repeat(group, m.out_channels // m.groups)
     ctx.bind("bias", 0, out)
-    return Labels([None] * len(shape)).with_dim(cdim, out)
+    return _batch(x, len(shape), cdim).with_dim(cdim, out)
 
 
 @register(F.conv1d, F.conv2d, F.conv3d)

@@ -17,6 +17,7 @@ from torch import fx, nn
 
 from ...errors import HandlerError
 from ...core.labels import Labels, SizeOf
+from ..attention import projection_inputs
 from ..context import Ctx, is_head_count
 from ..registry import register
 
@@ -82,9 +83,16 @@ def reshape_labels(ctx: Ctx, x: Labels, a: tuple[int, ...], b: tuple[int, ...],
             ctx.freeze(x[k], "reshape fixes the size of a labelled dimension with a literal")
             continue
         f = free[0]
+        head_split = (len(big) > 1 and heads == [f]) or bool(
+            ctx.baked and not fixed[jb[f]] and len(big) > 1 and ctx.head_count_attrs(b[jb[f]]))
+        if head_split:
+            projection_inputs(ctx, x[k])  # the width the attention reads stays unless prune_embed
+        if head_split and not ctx.options.prune_heads:
+            ctx.freeze(x[k], "prune_heads=False: a head split keeps its heads")
+            continue
         cols = np.moveaxis(grid, f, 0).reshape(b[jb[f]], -1)
         out[jb[f]] = ctx.merge(list(cols.T)) if cols.shape[1] > 1 else cols[:, 0]
-        if fixed[jb[f]] and not baked:
+        if fixed[jb[f]] and jb[f] in attrs:  # export bakes `self.dim_out` too: it follows
             path, name = attrs[jb[f]]
             ctx.track(name, out[jb[f]], b[jb[f]], module=path)
         elif ctx.baked and not fixed[jb[f]] and len(big) > 1:  # a head split: `view(…, -1, head_dim)`
