@@ -83,8 +83,7 @@ def reshape_labels(ctx: Ctx, x: Labels, a: tuple[int, ...], b: tuple[int, ...],
             ctx.freeze(x[k], "reshape fixes the size of a labelled dimension with a literal")
             continue
         f = free[0]
-        head_split = (len(big) > 1 and heads == [f]) or bool(
-            ctx.baked and not fixed[jb[f]] and len(big) > 1 and ctx.head_count_attrs(b[jb[f]]))
+        head_split = len(big) > 1 and heads == [f]
         if head_split:
             projection_inputs(ctx, x[k])  # the width the attention reads stays unless prune_embed
         if head_split and not ctx.options.prune_heads:
@@ -92,7 +91,7 @@ def reshape_labels(ctx: Ctx, x: Labels, a: tuple[int, ...], b: tuple[int, ...],
             continue
         cols = np.moveaxis(grid, f, 0).reshape(b[jb[f]], -1)
         out[jb[f]] = ctx.merge(list(cols.T)) if cols.shape[1] > 1 else cols[:, 0]
-        if fixed[jb[f]] and jb[f] in attrs:  # export bakes `self.dim_out` too: it follows
+        if fixed[jb[f]] and not baked:
             path, name = attrs[jb[f]]
             ctx.track(name, out[jb[f]], b[jb[f]], module=path)
         elif ctx.baked and not fixed[jb[f]] and len(big) > 1:  # a head split: `view(…, -1, head_dim)`
