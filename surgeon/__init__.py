@@ -9,12 +9,14 @@ One call makes a model physically smaller and proves the surgery exact::
 
 The package tree shows the pipeline: `core/` (trace → propagate → groups → rank → plan →
 rebuild → verify), `ops/` (per-layer rules, by library), `layers/`, `sparse/` (masks,
-iterative pruning, lottery tickets, recalibration), `deploy/` (ONNX, measurement).
+iterative pruning, lottery tickets, recalibration), `deploy/` (ONNX, measurement),
+`checkpoint/` (out-of-core surgery on safetensors checkpoints).
 """
 import sys
 
 from . import distributed
 from .api import analyze, plan, slim
+from .checkpoint import slim_checkpoint
 from .config import Config, Criterion
 from .core.plan import Plan
 from .core.verify import Report, verify
@@ -29,7 +31,7 @@ for _module in (masks, schedule, lottery):  # `import surgeon.masks` keeps worki
     sys.modules[f"{__name__}.{_module.__name__.rsplit('.', 1)[1]}"] = _module
 
 __all__ = [
-    "slim", "plan", "analyze", "verify", "recalibrate", "save", "load", "Config", "Criterion", "Plan", "Report",
+    "slim", "slim_checkpoint", "plan", "analyze", "verify", "recalibrate", "save", "load", "Config", "Criterion", "Plan", "Report",
     "masks", "schedule", "lottery", "distributed",
     "export_onnx", "measure", "compare", "OnnxMismatchError",
     "SurgeonError", "InputError", "TraceError", "HandlerError", "PlanError", "VerificationError",

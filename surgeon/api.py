@@ -65,15 +65,22 @@ def _decide(model: nn.Module, graphs: list[fx.GraphModule], config: Config, stag
     stats = data.gather(model, graphs[0], coupling, stages)
     with stages.stage("rank"):
         scores = score_units(model, coupling, config.importance, stats=stats)
+    p, removed = choose(model, graphs[0], coupling, scores, config, stages)
+    return _compensated(p, model, graphs[0], coupling, stats, removed) if config.compensate else p
+
+
+def choose(model: nn.Module, gm: fx.GraphModule, coupling: Coupling, scores: np.ndarray, config: Config,
+           stages: Stages) -> tuple[Plan, np.ndarray]:
+    """The plan for these scores — at the config's ratio or within its budget — and the
+    removed units."""
     budget = None
     if config.ratio is None:
         with stages.stage("budget"):
-            removed, budget = allocate(model, graphs[0], coupling, scores, config)
+            removed, budget = allocate(model, gm, coupling, scores, config)
     with stages.stage("plan"):
         if config.ratio is not None:
             removed = select(coupling, scores, config.ratio, round_to=config.round_to)
-        p = make_plan(coupling, removed, config.ratio, model=model, budget=budget)
-        return _compensated(p, model, graphs[0], coupling, stats, removed) if config.compensate else p
+        return make_plan(coupling, removed, config.ratio, model=model, budget=budget), removed
 
 
 def _compensated(p: Plan, model: nn.Module, gm: fx.GraphModule, coupling: Coupling, stats: Stats,

@@ -21,7 +21,8 @@ import torch.distributed as dist
 import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel
 
-__all__ = ["broadcast_object", "is_distributed", "is_main", "rewrap", "save", "unwrap"]
+__all__ = ["all_gather_object", "barrier", "broadcast_object", "is_distributed", "is_main", "rank_and_size", "rewrap",
+           "save", "unwrap"]
 
 T = TypeVar("T")
 
@@ -82,6 +83,30 @@ def broadcast_object(obj: T, *, src: int = 0) -> T:
         dist.get_backend() == "nccl") else None
     dist.broadcast_object_list(box, src=src, device=device)
     return box[0]
+
+
+def rank_and_size() -> tuple[int, int]:
+    """This process's rank and the number of processes (0, 1 outside a distributed job)."""
+    return (dist.get_rank(), dist.get_world_size()) if is_distributed() else (0, 1)
+
+
+def all_gather_object(obj: T) -> list[T]:
+    """Every rank's ``obj``, in rank order, on every rank (``[obj]`` outside a job).
+
+    Example:
+        >>> hashes = distributed.all_gather_object(plan.hash())
+    """
+    if not is_distributed():
+        return [obj]
+    box: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(box, obj)
+    return box
+
+
+def barrier() -> None:
+    """Wait for every rank (nothing outside a distributed job)."""
+    if is_distributed():
+        dist.barrier()
 
 
 def save(obj: object, path: str | os.PathLike[str]) -> bool:

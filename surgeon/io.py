@@ -17,17 +17,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_model, save_model
+from safetensors.torch import load_file, load_model, save_model
 from torch import nn
 
 from .core.plan import Plan
 from .core.rebuild import PLAN_ATTR, apply_plan
 from .errors import InputError, PlanError
 
-__all__ = ["save", "load", "FORMAT"]
+__all__ = ["save", "load", "describe", "FORMAT"]
 
 FORMAT = "surgeon/1"
-_META, _WEIGHTS, _CONFIG = "surgeon.json", "model.safetensors", "config.json"
+_META, _WEIGHTS, _CONFIG, _INDEX = "surgeon.json", "model.safetensors", "config.json", "model.safetensors.index.json"
 
 
 def _shapes(model: nn.Module) -> list[list[Any]]:
@@ -84,6 +84,16 @@ def _classes(model: nn.Module) -> int:
     return next((p.shape[0] for p in reversed(list(model.parameters())) if p.dim() >= 2), 1000)
 
 
+def describe(slim: nn.Module, plan: Plan) -> dict[str, Any]:
+    """What `load` needs besides the weights (the `surgeon.json` of a saved directory); `slim`
+    may live on the meta device."""
+    original = _original_shapes(slim, plan)
+    return {"format": FORMAT, "plan": json.loads(plan.to_json()), "versions": _versions(),
+            "model_class": f"{type(slim).__module__}:{type(slim).__qualname__}",
+            "source": _source(slim, original), "num_classes": _classes(slim), "original": original,
+            "slim": _shapes(slim)}
+
+
 def save(slim: nn.Module, directory: str | os.PathLike, *, overwrite: bool = False) -> Path:
     """Write `slim` (made by `surgeon.slim` or `Plan.apply`) to `directory`, atomically.
 
@@ -98,11 +108,7 @@ def save(slim: nn.Module, directory: str | os.PathLike, *, overwrite: bool = Fal
     target = Path(directory)
     if target.exists() and not overwrite:
         raise InputError(f"{target} exists; pass overwrite=True or choose another directory")
-    original = _original_shapes(slim, plan)
-    meta = {"format": FORMAT, "plan": json.loads(plan.to_json()), "versions": _versions(),
-            "model_class": f"{type(slim).__module__}:{type(slim).__qualname__}",
-            "source": _source(slim, original), "num_classes": _classes(slim), "original": original,
-            "slim": _shapes(slim)}
+    meta = describe(slim, plan)
     target.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
@@ -125,7 +131,7 @@ def _build(meta: dict[str, Any], directory: Path) -> nn.Module:
     if source == "hf":
         import transformers
 
-        config_dict = json.loads((directory / _CONFIG).read_text())
+        config_dict = meta.get("config") or json.loads((directory / _CONFIG).read_text())
         config = transformers.CONFIG_MAPPING[config_dict["model_type"]].from_dict(config_dict)
         module, _, name = meta["model_class"].partition(":")
         return getattr(importlib.import_module(module), name)(config)
@@ -179,6 +185,31 @@ def load(directory: str | os.PathLike, model: nn.Module | None = None) -> nn.Mod
     wrong = _first_difference(slim, meta["slim"])
     if wrong is not None:
         raise PlanError(f"replaying the plan did not give the saved shapes: {wrong}")
-    load_model(slim, str(directory / _WEIGHTS), strict=True)
+    _load_weights(slim, directory)
     return slim
+
+
+def _load_weights(slim: nn.Module, directory: Path) -> None:
+    """One `model.safetensors` (`save`), or the shards of an index (`slim_checkpoint`, where a
+    tied weight is stored once)."""
+    index = directory / _INDEX
+    if not index.is_file():
+        load_model(slim, str(directory / _WEIGHTS), strict=True)
+        return
+    tensors: dict[str, torch.Tensor] = {}
+    for shard in dict.fromkeys(json.loads(index.read_text())["weight_map"].values()):
+        tensors.update(load_file(str(directory / shard)))
+    missing, unexpected = slim.load_state_dict(tensors, strict=False)
+    tied = {n for names in _aliases(slim) for n in names if any(a in tensors for a in names)}
+    if set(missing) - tied or unexpected:
+        raise PlanError(f"{directory}: the shards do not hold the slim model's tensors (missing "
+                        f"{sorted(set(missing) - tied)[:3]}, unexpected {sorted(unexpected)[:3]})")
+
+
+def _aliases(model: nn.Module) -> list[list[str]]:
+    """Names of each tensor that has several (tied weights)."""
+    found: dict[int, list[str]] = {}
+    for name, t in [*model.named_parameters(remove_duplicate=False), *model.named_buffers(remove_duplicate=False)]:
+        found.setdefault(id(t), []).append(name)
+    return [names for names in found.values() if len(names) > 1]
 

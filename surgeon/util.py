@@ -154,8 +154,10 @@ def count_params(model: nn.Module) -> int:
 
 
 def prefer_fake(model: nn.Module) -> bool:
-    """Whether shape-only runs of `model` should use fake tensors."""
-    return count_params(model) > FAKE_ABOVE
+    """Whether shape-only runs of `model` should use fake tensors: large models, and models on
+    the meta device (whose `forward` may read a value, which fake tensors refuse only when
+    tracing could not go on without it)."""
+    return count_params(model) > FAKE_ABOVE or any(p.is_meta for p in model.parameters())
 
 
 def _cpu_attention_flops(query: torch.Size, key: torch.Size, value: torch.Size, *args, out_shape=None, **kwargs) -> int:

@@ -37,7 +37,7 @@ from .labels import LABELS, Labels, atoms_in, iter_labels
 if TYPE_CHECKING:
     from ..stages import Stages
 
-__all__ = ["Site", "Stats", "Calibration", "calibrate", "LossFn"]
+__all__ = ["Site", "Stats", "Calibration", "calibrate", "LossFn", "Moments", "plan_sites", "batch_pieces", "graph_inputs"]
 
 
 @dataclass(frozen=True)
@@ -99,7 +99,7 @@ class Stats:
         return Stats(coupling, self.batches, self.sites, taylor)
 
 
-class _Moments:
+class Moments:
     """Running per-index mean and variance (Chan's parallel update, float64)."""
 
     def __init__(self, size: int) -> None:
@@ -112,7 +112,12 @@ class _Moments:
             return
         x = x.detach().float()
         var, mean = torch.var_mean(x, dim=other, correction=0) if other else (torch.zeros_like(x), x)
-        mean, m2 = mean.double().cpu().numpy(), var.double().cpu().numpy() * n
+        self.merge(n, mean.double().cpu().numpy(), var.double().cpu().numpy() * n)
+
+    def merge(self, n: int, mean: np.ndarray, m2: np.ndarray) -> None:
+        """Add `n` more samples of this mean and sum of squared deviations."""
+        if n == 0:
+            return
         total = self.n + n
         delta = mean - self.mean
         self.mean = self.mean + delta * n / total
@@ -125,7 +130,7 @@ class _Watch(TorchDispatchMode):
     `addmm` on the transposed weight): weights are keyed by their storage, with their shape.
     A dispatch mode sees the calls nested in a leaf's functions (`F.multi_head_attention_forward`)."""
 
-    def __init__(self, weights: dict[int, tuple[tuple[int, ...], _Moments]]) -> None:
+    def __init__(self, weights: dict[int, tuple[tuple[int, ...], Moments]]) -> None:
         super().__init__()
         self.weights = weights
 
@@ -140,9 +145,9 @@ class _Watch(TorchDispatchMode):
 
 class _Runner(fx.Interpreter):
     """Runs a traced graph on the model's own modules and tensors, adding the labelled inputs
-    of consumer nodes into their `_Moments`."""
+    of consumer nodes into their `Moments`."""
 
-    def __init__(self, model: nn.Module, gm: fx.GraphModule, sites: dict[str, list[tuple[fx.Node, int, _Moments]]],
+    def __init__(self, model: nn.Module, gm: fx.GraphModule, sites: dict[str, list[tuple[fx.Node, int, Moments]]],
                  watch: _Watch, leaves: set[str]) -> None:
         super().__init__(model, graph=gm.graph)
         self.gm, self.sites, self.watch, self.leaves = gm, sites, watch, leaves
@@ -178,7 +183,8 @@ def _reads(model: nn.Module, node: fx.Node) -> dict[str, torch.Tensor]:
 
 
 
-def _out_norm(coupling: Coupling, reads: dict[str, torch.Tensor], names: dict[int, str], atoms: np.ndarray) -> np.ndarray:
+def _out_norm(coupling: Coupling, reads: dict[str, torch.Tensor], names: dict[int, str], atoms: np.ndarray,
+              value: Callable[[str, torch.Tensor], torch.Tensor]) -> np.ndarray:
     """Per index of a consumer input: the squared norm of the consumer's weight slices that
     read it — the slice aligned index by index where one is, else its unit's share."""
     dg, units = coupling.dg, coupling.unit[np.maximum(atoms, 0)]
@@ -191,7 +197,7 @@ def _out_norm(coupling: Coupling, reads: dict[str, torch.Tensor], names: dict[in
                 continue
             sp = dg.spaces[idx]
             other = [d for d in range(t.dim()) if d != k]
-            sq = torch.linalg.vector_norm(t.detach().float(), dim=other).square().double().cpu().numpy()
+            sq = torch.linalg.vector_norm(value(name, t).detach().float(), dim=other).square().double().cpu().numpy()
             mine = coupling.units_of(sp)
             if sp.size == atoms.size and np.array_equal(mine[atoms >= 0], units[atoms >= 0]):
                 norm += sq
@@ -201,14 +207,16 @@ def _out_norm(coupling: Coupling, reads: dict[str, torch.Tensor], names: dict[in
     return np.where(norm > 0, norm, spread[units] / counts[units])
 
 
-def _plan_sites(model: nn.Module, gm: fx.GraphModule, coupling: Coupling) -> tuple[dict, dict, list]:
+def plan_sites(model: nn.Module, gm: fx.GraphModule, coupling: Coupling,
+               value: Callable[[str, torch.Tensor], torch.Tensor] = lambda name, t: t) -> tuple[dict, dict, set, list]:
     """Where to read: graph sites (node name → [(input node, dim, moments)]), leaf-internal
     weights (parameter name → moments) and the leaf nodes calling them, and a description of
-    each for `Site`. Only units of groups that may lose some are read."""
+    each for `Site`. Only units of groups that may lose some are read. `value(name, param)`
+    gives a parameter's values (read from disk for a model on the meta device)."""
     dg, active = coupling.dg, coupling.dg.active_atoms()
     names = {id(t): n for n, t in model.named_parameters()}
     graph_sites: dict[str, list] = {}
-    linear_sites: dict[str, _Moments] = {}
+    linear_sites: dict[str, Moments] = {}
     leaves: set[str] = set()
     described: list = []
     can_go = np.zeros(coupling.n_units + 1, dtype=bool)  # units of groups that may lose some; -1: none
@@ -226,9 +234,9 @@ def _plan_sites(model: nn.Module, gm: fx.GraphModule, coupling: Coupling) -> tup
             lab = arg.meta.get(LABELS)
             for dim, atoms in enumerate(lab if isinstance(lab, Labels) else ()):
                 if atoms is not None and can_go[np.where(atoms >= 0, coupling.unit[np.maximum(atoms, 0)], -1)].any():
-                    moments = _Moments(atoms.size)
+                    moments = Moments(atoms.size)
                     graph_sites.setdefault(node.name, []).append((arg, dim, moments))
-                    described.append((node.name, dim, atoms, moments, _out_norm(coupling, reads, names, atoms)))
+                    described.append((node.name, dim, atoms, moments, _out_norm(coupling, reads, names, atoms, value)))
         if node.op != "call_module":
             continue
         visible = set(coupling.unit[seen].tolist())
@@ -238,13 +246,13 @@ def _plan_sites(model: nn.Module, gm: fx.GraphModule, coupling: Coupling) -> tup
                     and can_go[coupling.units_of(dg.spaces[idx])].any():
                 atoms = dg.spaces[idx].atoms
                 leaves.add(node.name)
-                linear_sites[names[id(t)]] = moments = _Moments(atoms.size)
+                linear_sites[names[id(t)]] = moments = Moments(atoms.size)
                 described.append((f"{node.name}:{name}", 1, atoms, moments,
-                                  t.detach().float().square().sum(0).double().cpu().numpy()))
+                                  value(names[id(t)], t).detach().float().square().sum(0).double().cpu().numpy()))
     return graph_sites, linear_sites, leaves, described
 
 
-def _flat(gm: fx.GraphModule, inputs: Inputs) -> list[Any]:
+def graph_inputs(gm: fx.GraphModule, inputs: Inputs) -> list[Any]:
     """The placeholder values of a traced graph for these inputs."""
     info = getattr(gm.graph._codegen, "pytree_info", None)
     if info is not None and info.in_spec is not None:
@@ -253,7 +261,7 @@ def _flat(gm: fx.GraphModule, inputs: Inputs) -> list[Any]:
     return [*inputs.args, *(inputs.kwargs.get(n.target, n.args[0] if n.args else None) for n in rest)]
 
 
-def _pieces(inputs: Inputs, example: Inputs, baked: bool) -> list[Inputs]:
+def batch_pieces(inputs: Inputs, example: Inputs, baked: bool) -> list[Inputs]:
     """A torch.export graph has the example's batch size baked in: run a batch in pieces."""
     if not baked:
         return [inputs]
@@ -290,7 +298,7 @@ def calibrate(model: nn.Module, gm: fx.GraphModule, coupling: Coupling, calibrat
               activations: bool = True, gradients: bool = False, loss_fn: LossFn | None = None,
               stages: Stages | None = None) -> Stats:
     """Statistics of `model` over the calibration batches (see the module docstring)."""
-    graph_sites, linear_sites, leaves, described = _plan_sites(model, gm, coupling) if activations else ({}, {}, set(), [])
+    graph_sites, linear_sites, leaves, described = plan_sites(model, gm, coupling) if activations else ({}, {}, set(), [])
     baked = any(n.meta.get("baked") for n in gm.graph.nodes)
     taylor = np.zeros(coupling.n_units) if gradients else None
     params = dict(model.named_parameters())
@@ -305,9 +313,9 @@ def calibrate(model: nn.Module, gm: fx.GraphModule, coupling: Coupling, calibrat
                     watch = {params[n].untyped_storage().data_ptr(): (tuple(params[n].shape), m)
                              for n, m in linear_sites.items()}
                     with torch.no_grad():
-                        for piece in _pieces(inputs, example, baked):
+                        for piece in batch_pieces(inputs, example, baked):
                             _Runner(model, gm, graph_sites, _Watch(watch), leaves).run(
-                                *_flat(gm, piece), enable_io_processing=False)
+                                *graph_inputs(gm, piece), enable_io_processing=False)
                 if gradients:
                     _taylor(model, coupling, inputs, targets, loss_fn or default_loss, taylor)
                 batches += 1

@@ -6,6 +6,7 @@ norm over all of them together, so a coupled group has one ranking.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import math
@@ -23,7 +24,7 @@ from .groups import Coupling
 if TYPE_CHECKING:
     from .calibrate import Stats
 
-__all__ = ["score_units"]
+__all__ = ["score_units", "weight_spaces"]
 
 
 def _checked(t: torch.Tensor, name: str, dim: int, importance: Importance) -> np.ndarray:
@@ -78,19 +79,20 @@ def _powered_sums(t: torch.Tensor, dim: int, p: int) -> torch.Tensor:
 
 
 def score_units(model: nn.Module, coupling: Coupling, importance: Importance = "l2", *,
-                stats: Stats | None = None) -> np.ndarray:
+                stats: Stats | None = None, read: Callable[[str], torch.Tensor] | None = None,
+                advance: Callable[[], None] | None = None) -> np.ndarray:
     """One score per unit; higher means more important (kept first).
 
     "random" draws from torch's global generator, so `torch.manual_seed` makes it repeatable.
     Data criteria ("taylor", "activation", "fluctuation", a `Criterion`) read `stats`
-    (`core.calibrate`); see `core.criteria` for their formulas.
+    (`core.calibrate`); see `core.criteria` for their formulas. Weight criteria read each
+    parameter once, from the model or from `read(name)` (a checkpoint on disk, when the model
+    lives on the meta device); `advance()` is called after each.
     """
     n = coupling.n_units
     if importance == "random":
         return torch.rand(n, dtype=torch.float64).numpy()
-    wanted = np.zeros(n, dtype=bool)  # only units of groups that can lose some need a score
-    for group, units in zip(coupling.groups, coupling.members):
-        wanted[units] = group.prunable > 0
+    wanted = _can_go(coupling)  # only units of groups that can lose some need a score
     if (reads := needs(importance)) is not None:
         if stats is None:
             raise InputError(f"importance {importance!r} needs calibration data: pass calibration=[batch, …]")
@@ -103,10 +105,28 @@ def score_units(model: nn.Module, coupling: Coupling, importance: Importance = "
         return data_scores(importance, stats)
     params = dict(model.named_parameters())
     score = np.zeros(n, dtype=np.float64)
-    for sp in coupling.dg.spaces:
-        t = params.get(sp.name)
-        units = coupling.units_of(sp)
-        if t is None or not wanted[units].any():
-            continue
-        np.add.at(score, units, _checked(t, sp.name, sp.dim, importance))
+    for name, spaces in weight_spaces(model, coupling).items():
+        t = params[name] if read is None else read(name)
+        for sp in spaces:
+            np.add.at(score, coupling.units_of(sp), _checked(t, sp.name, sp.dim, importance))
+        if advance is not None:
+            advance()
     return np.sqrt(score) if importance == "l2" else score
+
+
+def weight_spaces(model: nn.Module, coupling: Coupling) -> dict[str, list]:
+    """The parameters a weight criterion reads, each with its spaces whose units may leave."""
+    params, can_go = dict(model.named_parameters()), _can_go(coupling)
+    found: dict[str, list] = {}
+    for sp in coupling.dg.spaces:
+        if sp.name in params and can_go[coupling.units_of(sp)].any():
+            found.setdefault(sp.name, []).append(sp)
+    return found
+
+
+def _can_go(coupling: Coupling) -> np.ndarray:
+    """Per unit: whether its group may lose some."""
+    can_go = np.zeros(coupling.n_units, dtype=bool)
+    for group, units in zip(coupling.groups, coupling.members):
+        can_go[units] = group.prunable > 0
+    return can_go

@@ -24,7 +24,7 @@ from ..errors import PlanError
 from ..ops.registry import finishers, load_optional, lookup_resizer
 from .plan import Cut, Plan, Shift, signature
 
-__all__ = ["apply_plan", "rebuild", "Undo", "clone", "PLAN_ATTR", "INPUTS_ATTR", "TIMINGS_ATTR"]
+__all__ = ["apply_plan", "rebuild", "cut_tensor", "Undo", "clone", "PLAN_ATTR", "INPUTS_ATTR", "TIMINGS_ATTR"]
 
 PLAN_ATTR, INPUTS_ATTR, TIMINGS_ATTR = "surgeon_plan", "surgeon_inputs", "surgeon_timings"
 """Attributes of a slim model holding the plan it was made by and (from `slim`) the example
@@ -92,6 +92,11 @@ def _sliced(old: torch.Tensor, cuts: list[Cut], drop: Callable[[Cut], tuple[int,
         new = nn.Parameter(new.contiguous(), requires_grad=old.requires_grad)
         new.grad = grad
     return new
+
+
+def cut_tensor(t: torch.Tensor, cuts: list[Cut]) -> torch.Tensor:
+    """`t` without the indices `cuts` remove (what `rebuild` gives, for a tensor on its own)."""
+    return _sliced(t, cuts, lambda c: c.remove, lambda c: ())
 
 
 def _compensate(model: nn.Module, shifts: list[Shift], by_tensor: dict[str, list[Cut]], undo: Undo) -> None:

@@ -1,0 +1,101 @@
+"""The model a checkpoint describes, built without its weights: every tensor on the `meta` device
+(shapes only, nothing allocated or initialised), each parameter in the dtype its checkpoint
+tensor has; the buffers the model computes when it is built (rotary frequencies, which no
+checkpoint holds) are kept aside with their values for calibration."""
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+from ..errors import InputError
+from ..util import warn
+from .shards import Checkpoint
+
+__all__ = ["build", "tensor_names", "meta_inputs"]
+
+
+@contextmanager
+def _parameters_on_meta() -> Iterator[None]:
+    """While building a model, every parameter registered goes to the meta device (as
+    accelerate's `init_empty_weights` does); buffers stay where they are made."""
+    register = nn.Module.register_parameter
+
+    def on_meta(self: nn.Module, name: str, param: nn.Parameter | None) -> None:
+        if param is not None and not param.is_meta:
+            param = nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
+        register(self, name, param)
+
+    nn.Module.register_parameter = on_meta
+    try:
+        yield
+    finally:
+        nn.Module.register_parameter = register
+
+
+def build(checkpoint: Checkpoint) -> tuple[nn.Module, dict[str, torch.Tensor]]:
+    """The checkpoint's model class built from its `config.json` on `meta`, in eval mode —
+    checked against the checkpoint's tensors — and the values of its buffers."""
+    import transformers
+
+    config = dict(checkpoint.config)
+    kind = config.get("model_type")
+    if kind not in transformers.CONFIG_MAPPING:
+        raise InputError(f"{checkpoint.directory}/config.json has model_type {kind!r}, which this transformers "
+                         f"({transformers.__version__}) does not know")
+    hf_config = transformers.CONFIG_MAPPING[kind].from_dict(config)
+    arch = (config.get("architectures") or [None])[0]
+    cls = getattr(transformers, arch, None) if arch else transformers.AutoModelForCausalLM
+    if cls is None:
+        raise InputError(f"{checkpoint.directory}/config.json names architecture {arch!r}, which transformers lacks")
+    with _parameters_on_meta():
+        model = cls(hf_config) if arch else cls.from_config(hf_config)
+    _check(model, checkpoint)
+    buffers = {name: b for name, b in model.named_buffers()}
+    stored = tensor_names(model, checkpoint)
+    for name, p in model.named_parameters():
+        p.data = p.data.to(checkpoint.entries[stored[name]].dtype)
+    return model.to("meta").eval(), buffers
+
+
+def tensor_names(model: nn.Module, checkpoint: Checkpoint) -> dict[str, str]:
+    """Each name of each persistent tensor of `model` → the name its values have in the
+    checkpoint (a tied weight is saved under one of its names)."""
+    aliases: dict[int, list[str]] = {}
+    for name, t in [*model.named_parameters(remove_duplicate=False), *model.named_buffers(remove_duplicate=False)]:
+        aliases.setdefault(id(t), []).append(name)
+    persistent = set(model.state_dict())
+    found = {}
+    for names in aliases.values():
+        if not persistent & set(names):
+            continue
+        stored = next((n for n in names if n in checkpoint.entries), None)
+        if stored is not None:
+            found.update(dict.fromkeys(names, stored))
+    return found
+
+
+def _check(model: nn.Module, checkpoint: Checkpoint) -> None:
+    """Every persistent tensor is in the checkpoint with the shape the config gives it."""
+    names = tensor_names(model, checkpoint)
+    state = model.state_dict()
+    for name, t in state.items():
+        if name not in names and name in dict(model.named_parameters()):
+            raise InputError(f"{checkpoint.directory}: the checkpoint holds no tensor '{name}' "
+                             f"(a {type(model).__name__} built from its config.json has one)")
+    for name, stored in names.items():
+        have, want = checkpoint.entries[stored].shape, tuple(state[name].shape)
+        if have != want:
+            raise InputError(f"{checkpoint.directory}: config.json does not match the tensors: '{stored}' is "
+                             f"{have} in the checkpoint, {want} in a {type(model).__name__} built from the config")
+    extra = sorted(set(checkpoint.entries) - set(names.values()))
+    if extra:
+        warn(f"{checkpoint.directory}: {len(extra)} tensors are not in a {type(model).__name__} built from its "
+             f"config ({', '.join(extra[:3])}{' …' if len(extra) > 3 else ''}); they are copied unchanged")
+
+
+def meta_inputs(tokens: int = 8) -> dict[str, torch.Tensor]:
+    """Example inputs for tracing a language model on `meta`: one sequence of `tokens` ids."""
+    return {"input_ids": torch.zeros(1, tokens, dtype=torch.long, device="meta")}
