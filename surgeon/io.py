@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, load_model, save_model
+from safetensors.torch import load_file, save_model
 from torch import nn
 
 from .core.plan import Plan
@@ -185,24 +185,23 @@ def load(directory: str | os.PathLike, model: nn.Module | None = None) -> nn.Mod
     wrong = _first_difference(slim, meta["slim"])
     if wrong is not None:
         raise PlanError(f"replaying the plan did not give the saved shapes: {wrong}")
-    _load_weights(slim, directory)
+    _load_weights(slim, directory, meta.get("renamed", {}))
     return slim
 
 
-def _load_weights(slim: nn.Module, directory: Path) -> None:
-    """One `model.safetensors` (`save`), or the shards of an index (`slim_checkpoint`, where a
-    tied weight is stored once)."""
+def _load_weights(slim: nn.Module, directory: Path, renamed: dict[str, str]) -> None:
+    """`model.safetensors` or the shards of an index; a tied weight is stored under one of its
+    names, and `renamed` maps checkpoint names to the model's (`slim_checkpoint` keeps a
+    checkpoint's own names)."""
     index = directory / _INDEX
-    if not index.is_file():
-        load_model(slim, str(directory / _WEIGHTS), strict=True)
-        return
+    files = dict.fromkeys(json.loads(index.read_text())["weight_map"].values()) if index.is_file() else [_WEIGHTS]
     tensors: dict[str, torch.Tensor] = {}
-    for shard in dict.fromkeys(json.loads(index.read_text())["weight_map"].values()):
-        tensors.update(load_file(str(directory / shard)))
+    for file in files:
+        tensors.update({renamed.get(k, k): t for k, t in load_file(str(directory / file)).items()})
     missing, unexpected = slim.load_state_dict(tensors, strict=False)
     tied = {n for names in _aliases(slim) for n in names if any(a in tensors for a in names)}
     if set(missing) - tied or unexpected:
-        raise PlanError(f"{directory}: the shards do not hold the slim model's tensors (missing "
+        raise PlanError(f"{directory}: the weights do not hold the slim model's tensors (missing "
                         f"{sorted(set(missing) - tied)[:3]}, unexpected {sorted(unexpected)[:3]})")
 
 

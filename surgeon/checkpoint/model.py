@@ -67,13 +67,36 @@ def tensor_names(model: nn.Module, checkpoint: Checkpoint) -> dict[str, str]:
     for name, t in [*model.named_parameters(remove_duplicate=False), *model.named_buffers(remove_duplicate=False)]:
         aliases.setdefault(id(t), []).append(name)
     persistent = set(model.state_dict())
+    renamed = _renamed(model, checkpoint)
     found = {}
     for names in aliases.values():
         if not persistent & set(names):
             continue
-        stored = next((n for n in names if n in checkpoint.entries), None)
+        stored = next((renamed[n] for n in names if n in renamed), None)
         if stored is not None:
             found.update(dict.fromkeys(names, stored))
+    return found
+
+
+def _renamed(model: nn.Module, checkpoint: Checkpoint) -> dict[str, str]:
+    """Model name → checkpoint name, by the renamings `from_pretrained` applies (GPT-NeoX saves
+    `lm_head` as `embed_out`); a checkpoint whose tensors must be merged or split to fit the
+    model (`WeightConverter`s: fused MoE experts) is refused."""
+    from transformers.conversion_mapping import get_model_conversion_mapping
+    from transformers.core_model_loading import WeightRenaming, rename_source_key
+
+    transforms = get_model_conversion_mapping(model)
+    renamings = [t for t in transforms if isinstance(t, WeightRenaming)]
+    converters = [t for t in transforms if not isinstance(t, WeightRenaming)]
+    meta = model.state_dict()
+    found = {}
+    for key in checkpoint.entries:
+        name, converted = rename_source_key(key, renamings, converters, getattr(model, "base_model_prefix", None), meta)
+        if converted is not None:
+            raise InputError(f"{checkpoint.directory}: tensor '{key}' is converted (merged or split) when "
+                             f"{type(model).__name__} loads it; slim_checkpoint reads tensors as they are: "
+                             "slim this model in memory with surgeon.slim")
+        found[name] = key
     return found
 
 
@@ -81,8 +104,9 @@ def _check(model: nn.Module, checkpoint: Checkpoint) -> None:
     """Every persistent tensor is in the checkpoint with the shape the config gives it."""
     names = tensor_names(model, checkpoint)
     state = model.state_dict()
-    for name, t in state.items():
-        if name not in names and name in dict(model.named_parameters()):
+    params = dict(model.named_parameters(remove_duplicate=False))
+    for name in state:
+        if name not in names and name in params:
             raise InputError(f"{checkpoint.directory}: the checkpoint holds no tensor '{name}' "
                              f"(a {type(model).__name__} built from its config.json has one)")
     for name, stored in names.items():

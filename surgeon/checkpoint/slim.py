@@ -93,7 +93,7 @@ def slim_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, ratio: float
         with stages.stage("propagate"):
             coupling = Coupling(propagate(model, graphs, config, keep={}))
         names = tensor_names(model, checkpoint)
-        read = lambda name: checkpoint.read(names[name])  # noqa: E731
+        read = lambda name: checkpoint.read(names[name])
         stats = None
         if reads:
             real = example.with_defaults(**{k: v for k, v in inputs.kwargs.items() if not isinstance(v, torch.Tensor)})
@@ -167,7 +167,8 @@ def _write(checkpoint: Checkpoint, target: Path, plan: Plan, slim: nn.Module, na
             if item.is_file() and item.name not in {*checkpoint.files, INDEX, "config.json"}:
                 shutil.copy2(item, work / item.name)
         slim.config.save_pretrained(work)
-        meta = {**describe(slim, plan), "config": original, "bytes_read": checkpoint.bytes_read}
+        renamed = {stored: name for name, stored in names.items() if stored != name and name in slim.state_dict()}
+        meta = {**describe(slim, plan), "config": original, "renamed": renamed, "bytes_read": checkpoint.bytes_read}
         (work / "surgeon.json").write_text(json.dumps(meta, indent=1))
         os.replace(work, target)
     except BaseException:

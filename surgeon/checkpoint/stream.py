@@ -58,7 +58,7 @@ def stream_stats(model: nn.Module, gm: fx.GraphModule, coupling: Coupling, batch
                          "activations cannot be read node by node; calibrate this model in memory")
     baked = any(n.meta.get("baked") for n in gm.graph.nodes)
     pieces = [p for batch in batches for p in batch_pieces(batch, example, baked)]
-    load = lambda name: read(name) if name in on_disk else _constant(buffers, gm, name)  # noqa: E731
+    load = lambda name: read(name) if name in on_disk else _constant(buffers, gm, name)
     runners = [_Streamer(model, gm, graph_inputs(gm, piece)) for piece in pieces]
     freed = _last_uses(gm)
     with torch.no_grad():
@@ -99,7 +99,7 @@ class _Streamer(fx.Interpreter):
 
     def call_function(self, target: Any, args: tuple, kwargs: dict) -> Any:
         """The graph was traced on `meta`: tensors it creates are made on the CPU instead."""
-        cpu = lambda v: torch.device("cpu") if isinstance(v, torch.device) and v.type == "meta" else v  # noqa: E731
+        cpu = lambda v: torch.device("cpu") if isinstance(v, torch.device) and v.type == "meta" else v
         return super().call_function(target, map_aggregate(args, cpu), map_aggregate(kwargs, cpu))
 
     def call_module(self, target: str, args: tuple, kwargs: dict) -> Any:

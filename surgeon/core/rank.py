@@ -6,10 +6,9 @@ norm over all of them together, so a coupled group has one ranking.
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING
-
-import math
 
 import numpy as np
 import torch
