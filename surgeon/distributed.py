@@ -21,8 +21,8 @@ import torch.distributed as dist
 import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel
 
-__all__ = ["all_gather_object", "barrier", "broadcast_object", "is_distributed", "is_main", "rank_and_size", "rewrap",
-           "save", "unwrap"]
+__all__ = ["all_gather_object", "barrier", "broadcast_object", "full_state_dict", "is_distributed", "is_main",
+           "rank_and_size", "rewrap", "save", "shard", "unwrap"]
 
 T = TypeVar("T")
 
@@ -107,6 +107,39 @@ def barrier() -> None:
     """Wait for every rank (nothing outside a distributed job)."""
     if is_distributed():
         dist.barrier()
+
+
+def shard(model: nn.Module, *, layers: list[nn.Module] | None = None) -> nn.Module:
+    """FSDP2 (`fully_shard`) over `model`: each of `layers` (default: the blocks of every
+    `nn.ModuleList`, a transformer's layers) sharded on its own, then the rest; each rank holds
+    1/world of every parameter between forward passes. Returns `model` (sharded in place).
+
+    Example:
+        >>> model = distributed.shard(transformers.AutoModelForCausalLM.from_pretrained("slim"))
+    """
+    from torch.distributed.fsdp import fully_shard
+
+    if layers is None:
+        layers = [block for m in model.modules() if isinstance(m, nn.ModuleList) for block in m]
+    for layer in layers:
+        fully_shard(layer)
+    fully_shard(model)
+    return model
+
+
+def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The whole (unsharded) state of an FSDP2 or DDP model on the CPU, on rank 0 (other ranks
+    get an empty dict); every rank must call it.
+
+    Example:
+        >>> state = distributed.full_state_dict(model)
+        >>> if distributed.is_main(): slim.load_state_dict(state)
+    """
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    if not is_distributed():
+        return {k: v.detach().cpu() for k, v in unwrap(model).state_dict().items()}
+    return get_model_state_dict(unwrap(model), options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
 
 def save(obj: object, path: str | os.PathLike[str]) -> bool:

@@ -4,8 +4,6 @@ Run as a script under torchrun, this file is also the worker of the mask-broadca
 """
 
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -15,20 +13,9 @@ import torch.distributed as dist
 import torch.nn as nn
 
 from surgeon import distributed, masks, schedule
+from util import torchrun
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def torchrun(script: Path, *args: str, timeout: int = 240) -> subprocess.CompletedProcess:
-    """Two CPU ranks on a free port (``--standalone``); fails the test on error or timeout."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-        [str(ROOT), os.environ.get("PYTHONPATH", "")]), "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           str(script), *args]
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=timeout)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return proc
 
 
 @pytest.mark.parametrize("kind", ["unstructured", "structured"])

@@ -167,7 +167,16 @@ def _mismatch(model: PreTrainedModel) -> str | None:
     want = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     for k, v in fresh.state_dict().items():
         if k in want and tuple(v.shape) != want[k]:
-            return f"{k} would be {tuple(v.shape)} instead of {want[k]}"
+            return f"built from it, {k} would be {tuple(v.shape)} instead of {want[k]}"
+    return None
+
+
+def _refused(config: object) -> str | None:
+    """Why transformers' own checks refuse the config (`save_pretrained` runs them), if they do."""
+    try:
+        getattr(config, "validate", lambda: None)()
+    except Exception as e:  # the config's validators raise their own error types
+        return f"transformers refuses it: {str(e).strip().splitlines()[-1].strip()}"
     return None
 
 
@@ -185,8 +194,8 @@ def update_config(model: nn.Module, remember: Callable[[object], None]) -> None:
     model.surgeon_config = getattr(model, "surgeon_config", None) or model.config.to_dict()
     for k, v in changes.items():
         setattr(model.config, k, v)
-    if not problems and (wrong := _mismatch(model)) is not None:
-        problems.append(f"built from it, {wrong}")
+    if not problems and (wrong := _refused(model.config) or _mismatch(model)) is not None:
+        problems.append(wrong)
     if problems:
         warn(f"{type(model).__name__}.config cannot describe the slim model ({'; '.join(problems)}): "
              "save it with surgeon.save(slim, dir) and reload it with surgeon.load(dir), not with "
