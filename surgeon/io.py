@@ -24,6 +24,7 @@ from torch import nn
 from .core.plan import Plan
 from .core.rebuild import PLAN_ATTR, apply_plan
 from .errors import InputError, PlanError
+from .util import parameters_on_meta
 
 __all__ = ["save", "load", "describe", "FORMAT"]
 
@@ -177,7 +178,12 @@ def load(directory: str | os.PathLike, model: nn.Module | None = None) -> nn.Mod
         raise PlanError(f"{directory} was written in format {meta.get('format')!r}; this surgeon "
                         f"reads {FORMAT!r}: load it with the surgeon version that wrote it "
                         f"({meta.get('versions', {}).get('surgeon', 'unknown')})")
-    model = _build(meta, directory).eval() if model is None else model
+    built = model is None
+    if built:  # parameters on meta until the weights arrive: memory holds the slim model only
+        with parameters_on_meta():
+            model = _build(meta, directory).eval()
+        if any(b.is_meta for b in model.buffers()):  # computed from a parameter (timm's Swin masks)
+            model, built = _build(meta, directory).eval(), False
     wrong = _first_difference(model, meta["original"])
     if wrong is not None:
         raise PlanError(f"this is not the model {directory} was made from ({meta['model_class']}): {wrong}")
@@ -188,30 +194,39 @@ def load(directory: str | os.PathLike, model: nn.Module | None = None) -> nn.Mod
     wrong = _first_difference(slim, meta["slim"])
     if wrong is not None:
         raise PlanError(f"replaying the plan did not give the saved shapes: {wrong}")
-    _load_weights(slim, directory, meta.get("renamed", {}))
+    _load_weights(slim, directory, meta.get("renamed", {}), assign=built)
     return slim
 
 
-def _load_weights(slim: nn.Module, directory: Path, renamed: dict[str, str]) -> None:
+def _load_weights(slim: nn.Module, directory: Path, renamed: dict[str, str], *, assign: bool) -> None:
     """`model.safetensors` or the shards of an index; a tied weight is stored under one of its
     names, and `renamed` maps checkpoint names to the model's (`slim_checkpoint` keeps a
-    checkpoint's own names)."""
+    checkpoint's own names). With `assign`, the loaded tensors become the parameters (replacing
+    ones on the meta device; tied weights tied again)."""
     index = directory / _INDEX
     files = dict.fromkeys(json.loads(index.read_text())["weight_map"].values()) if index.is_file() else [_WEIGHTS]
     tensors: dict[str, torch.Tensor] = {}
     for file in files:
         tensors.update({renamed.get(k, k): t for k, t in load_file(str(directory / file)).items()})
-    missing, unexpected = slim.load_state_dict(tensors, strict=False)
-    tied = {n for names in _aliases(slim) for n in names if any(a in tensors for a in names)}
+    groups = [names for names in _aliases(slim) if any(a in tensors for a in names)]
+    tied = {n for names in groups for n in names}
+    missing, unexpected = slim.load_state_dict(tensors, strict=False, assign=assign)
+    for names in groups if assign else ():  # assigned under one name: the others share it again
+        loaded = slim.get_parameter(next(n for n in names if n in tensors))
+        for name in names:
+            owner, _, attr = name.rpartition(".")
+            slim.get_submodule(owner)._parameters[attr] = loaded
     if set(missing) - tied or unexpected:
         raise PlanError(f"{directory}: the weights do not hold the slim model's tensors (missing "
                         f"{sorted(set(missing) - tied)[:3]}, unexpected {sorted(unexpected)[:3]})")
+    if empty := [n for n, p in slim.named_parameters() if p.is_meta]:
+        raise PlanError(f"{directory}: no weights for {empty[:3]}")
 
 
 def _aliases(model: nn.Module) -> list[list[str]]:
-    """Names of each tensor that has several (tied weights)."""
+    """Names of each parameter that has several (tied weights)."""
     found: dict[int, list[str]] = {}
-    for name, t in [*model.named_parameters(remove_duplicate=False), *model.named_buffers(remove_duplicate=False)]:
+    for name, t in model.named_parameters(remove_duplicate=False):
         found.setdefault(id(t), []).append(name)
     return [names for names in found.values() if len(names) > 1]
 

@@ -20,7 +20,8 @@ from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 from .errors import InputError, TraceError
 
 __all__ = ["Inputs", "as_inputs", "infer_inputs", "eval_mode", "outputs", "relative_error",
-           "count_params", "count_macs", "flop_counter", "prefer_fake", "FAKE_ABOVE", "warn", "attribute"]
+           "count_params", "count_macs", "flop_counter", "prefer_fake", "FAKE_ABOVE", "warn", "attribute",
+           "parameters_on_meta"]
 
 FAKE_ABOVE = 50_000_000
 """Parameter count above which shapes come from fake tensors: a real forward of a large model
@@ -207,3 +208,21 @@ def attribute(model: nn.Module, target: str) -> Any:
         return getattr(model.get_submodule(mod) if mod else model, name)
     except AttributeError:
         return None
+
+
+@contextmanager
+def parameters_on_meta() -> Iterator[None]:
+    """While building a model, every parameter registered goes to the meta device (as
+    accelerate's `init_empty_weights` does); buffers stay where they are made."""
+    register = nn.Module.register_parameter
+
+    def on_meta(self: nn.Module, name: str, param: nn.Parameter | None) -> None:
+        if param is not None and not param.is_meta:
+            param = nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
+        register(self, name, param)
+
+    nn.Module.register_parameter = on_meta
+    try:
+        yield
+    finally:
+        nn.Module.register_parameter = register

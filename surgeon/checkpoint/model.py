@@ -4,35 +4,14 @@ tensor has; the buffers the model computes when it is built (rotary frequencies,
 checkpoint holds) are kept aside with their values for calibration."""
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-
 import torch
 from torch import nn
 
 from ..errors import InputError
-from ..util import warn
+from ..util import parameters_on_meta, warn
 from .shards import Checkpoint
 
 __all__ = ["build", "tensor_names", "meta_inputs"]
-
-
-@contextmanager
-def _parameters_on_meta() -> Iterator[None]:
-    """While building a model, every parameter registered goes to the meta device (as
-    accelerate's `init_empty_weights` does); buffers stay where they are made."""
-    register = nn.Module.register_parameter
-
-    def on_meta(self: nn.Module, name: str, param: nn.Parameter | None) -> None:
-        if param is not None and not param.is_meta:
-            param = nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
-        register(self, name, param)
-
-    nn.Module.register_parameter = on_meta
-    try:
-        yield
-    finally:
-        nn.Module.register_parameter = register
 
 
 def build(checkpoint: Checkpoint) -> tuple[nn.Module, dict[str, torch.Tensor]]:
@@ -50,7 +29,7 @@ def build(checkpoint: Checkpoint) -> tuple[nn.Module, dict[str, torch.Tensor]]:
     cls = getattr(transformers, arch, None) if arch else transformers.AutoModelForCausalLM
     if cls is None:
         raise InputError(f"{checkpoint.directory}/config.json names architecture {arch!r}, which transformers lacks")
-    with _parameters_on_meta():
+    with parameters_on_meta():
         model = cls(hf_config) if arch else cls.from_config(hf_config)
     _check(model, checkpoint)
     buffers = {name: b for name, b in model.named_buffers()}
