@@ -113,7 +113,7 @@ def slim_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, ratio: float
             raise SurgeonError(f"output shapes changed from {expected} to {got}: please report this model")
         if distributed.is_main():
             with stages.stage("write", total=len(checkpoint.entries)):
-                _write(checkpoint, target, plan, slim, names, checkpoint.config,
+                _write(checkpoint, target, plan, slim, names, {"seconds": stages.seconds},
                        advance=lambda: stages.advance("write"))
         distributed.barrier()
     finally:
@@ -139,8 +139,9 @@ def _same_everywhere(plan: Plan) -> None:
 
 
 def _write(checkpoint: Checkpoint, target: Path, plan: Plan, slim: nn.Module, names: dict[str, str],
-           original: dict[str, Any], *, advance: Callable[[], None]) -> None:
-    """The slim checkpoint, assembled in a sibling directory and renamed to `target` at the end."""
+           record: dict[str, Any], *, advance: Callable[[], None]) -> None:
+    """The slim checkpoint, assembled in a sibling directory and renamed to `target` at the end;
+    `surgeon.json` holds the plan, the original config, what was read and `record`."""
     cuts: dict[str, list[Cut]] = {}
     for cut in plan.cuts:
         if cut.tensor in names:
@@ -168,7 +169,8 @@ def _write(checkpoint: Checkpoint, target: Path, plan: Plan, slim: nn.Module, na
                 shutil.copy2(item, work / item.name)
         slim.config.to_json_file(work / "config.json")  # also where transformers' checks refuse it (warned)
         renamed = {stored: name for name, stored in names.items() if stored != name and name in slim.state_dict()}
-        meta = {**describe(slim, plan), "config": original, "renamed": renamed, "bytes_read": checkpoint.bytes_read}
+        meta = {**describe(slim, plan), "config": checkpoint.config, "renamed": renamed,
+                "bytes_read": checkpoint.bytes_read, **record}
         (work / "surgeon.json").write_text(json.dumps(meta, indent=1))
         os.replace(work, target)
     except BaseException:
