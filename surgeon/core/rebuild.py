@@ -80,12 +80,13 @@ def _sliced(old: torch.Tensor, cuts: list[Cut], drop: Callable[[Cut], tuple[int,
         for cut in cuts:
             if tuple(old.shape)[cut.dim] != cut.size:
                 raise PlanError(f"{cut}: tensor has size {old.shape[cut.dim]} in dim {cut.dim}")
-            gone = np.asarray(drop(cut), dtype=np.int64)
-            zeros = np.setdiff1d(np.asarray(zero(cut), dtype=np.int64), gone)
-            if zeros.size and isinstance(old, nn.Parameter):
+            keep = np.ones(cut.size, dtype=bool)
+            keep[np.asarray(drop(cut), dtype=np.int64)] = False
+            if (zeroed := zero(cut)) and isinstance(old, nn.Parameter):
+                zeros = np.asarray(zeroed, dtype=np.int64)
                 new = new.clone()
-                new.index_fill_(cut.dim, torch.from_numpy(zeros).to(new.device), 0)
-            idx = torch.from_numpy(np.setdiff1d(np.arange(cut.size), gone)).to(new.device)
+                new.index_fill_(cut.dim, torch.from_numpy(zeros[keep[zeros]]).to(new.device), 0)
+            idx = torch.from_numpy(np.flatnonzero(keep)).to(new.device)
             new = new.index_select(cut.dim, idx)
             grad = grad.index_select(cut.dim, idx) if grad is not None else None
     if isinstance(old, nn.Parameter):

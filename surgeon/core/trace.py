@@ -1,7 +1,8 @@
 """Trace stage: a model becomes graphs with every node's shape.
 
-Two frontends feed the same later stages. torch.fx (the default): the model is traced in train
-and eval mode when their graphs differ (Inception's auxiliary head only exists in train mode),
+Two frontends feed the same later stages. torch.fx (the default): the model is traced in eval
+mode, and in train mode too when a module traced through reads `self.training` (the graph is kept
+when it differs: Inception's auxiliary head only exists in train mode),
 shapes come from running the example inputs through each graph in eval mode under `no_grad`,
 and the caller's train/eval flags are restored afterwards. torch.export (`core.exported`), for
 models fx cannot trace: one eval-mode graph of ATen ops, shapes from its fake tensors.
@@ -11,8 +12,9 @@ from __future__ import annotations
 
 import inspect
 import traceback
+import types
 from collections.abc import Sequence
-from functools import partial
+from functools import cache, partial
 from typing import Any
 
 import torch
@@ -148,7 +150,7 @@ def _fx_graphs(model: nn.Module, inputs: Inputs, leaf_modules: Sequence[type | s
         raise _FxFailed(TraceError(str(e))) from e
     with eval_mode(model):
         graphs = []
-        for training in (False, True):
+        for training in (False, True) if _reads_training(model, leaf_modules) else (False,):
             model.train(training)
             gm = _trace_once(model, leaf_modules)
             if not graphs or not _same(graphs[0], gm):
@@ -158,6 +160,35 @@ def _fx_graphs(model: nn.Module, inputs: Inputs, leaf_modules: Sequence[type | s
         for i, gm in enumerate(graphs):
             _propagate_shapes(gm, args, train_only=i > 0, fake=fake)
     return graphs
+
+
+def _names(code: types.CodeType) -> set[str]:
+    """Attribute and global names a code object (and the functions nested in it) reads."""
+    found = set(code.co_names)
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            found |= _names(const)
+    return found
+
+
+@cache
+def _class_reads_training(cls: type) -> bool:
+    """Whether a method of `cls` or of a base below `nn.Module` reads `training`."""
+    for base in cls.__mro__:
+        if base in (nn.Module, object) or base.__module__ == nn.Module.__module__:
+            continue
+        for f in vars(base).values():
+            code = getattr(getattr(f, "__func__", f), "__code__", None)
+            if code is not None and "training" in _names(code):
+                return True
+    return False
+
+
+def _reads_training(model: nn.Module, leaf_modules: Sequence[type | str]) -> bool:
+    """Whether the train-mode graph may differ from the eval-mode one: some module traced
+    through (not a leaf) reads `self.training` (Inception's auxiliary head, stochastic depth).
+    Tracing only the eval graph otherwise saves a trace."""
+    return any(_class_reads_training(type(m)) for q, m in model.named_modules() if not is_leaf(m, q, leaf_modules))
 
 
 def _fake_shapes(gm: fx.GraphModule, inputs: tuple[Any, ...]) -> bool:
