@@ -249,3 +249,26 @@ def test_dot_text_when_graphviz_is_missing(tmp_path, monkeypatch):
     path, note = dot.render("digraph {}\n", tmp_path / "g.svg")
     assert path == tmp_path / "g.dot" and path.read_text() == "digraph {}\n"
     assert "apt-get install graphviz" in note and not (tmp_path / "g.svg").exists()
+
+
+def test_checkpoint_slims_a_directory_out_of_core(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    config = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                      num_attention_heads=4, num_key_value_heads=2, head_dim=8)
+    torch.manual_seed(0)
+    model = transformers.LlamaForCausalLM(config).eval()
+    model.save_pretrained(tmp_path / "src", max_shard_size="30KB")
+    done = surgeon_cli("checkpoint", tmp_path / "src", "--ratio", "0.5", "--ignore", "model.layers.0.*",
+                       "--out", tmp_path / "slim")
+    assert done.returncode == 0, done.stderr
+    assert "at ratio 0.5, out of core in" in done.stdout and "params 0.0" in done.stdout
+    ids = torch.randint(0, 64, (1, 6))
+    expected = surgeon.slim(model, surgeon.Config(0.5, ignore=tuple(n for n, _ in model.named_modules()
+                                                                    if n.startswith("model.layers.0."))),
+                            {"input_ids": ids})
+    again = surgeon.load(tmp_path / "slim")
+    with torch.no_grad():
+        assert torch.equal(again(ids).logits, expected(ids).logits)
+    assert again.model.layers[0].mlp.up_proj.out_features == 64 > again.model.layers[1].mlp.up_proj.out_features
+    done = surgeon_cli("checkpoint", tmp_path / "src", "--ratio", "0.5", "--out", tmp_path / "slim")
+    assert done.returncode == 2 and "exists: choose a new directory" in done.stderr

@@ -4,6 +4,7 @@
     surgeon slim hf:./my-bert --weights finetuned.safetensors --ratio 0.3 --out bert-slim
     surgeon analyze timm:vit_small_patch16_224 --graph graph.svg --plot widths.png
     surgeon bench resnet50-slim
+    surgeon checkpoint ./Llama-3.1-8B --ratio 0.25 --out llama-slim
 
 Errors are one line and exit code 2 (1 when verification fails or something unexpected
 breaks); `--debug` shows tracebacks. See docs/cli.md.
@@ -21,11 +22,13 @@ from ..errors import SurgeonError
 from .analyze import run_analyze
 from .args import parser
 from .bench import run_bench
+from .checkpoint import run_checkpoint
 from .slim import run_slim
 
 __all__ = ["main"]
 
-COMMANDS: dict[str, Callable[..., int]] = {"slim": run_slim, "analyze": run_analyze, "bench": run_bench}
+COMMANDS: dict[str, Callable[..., int]] = {"slim": run_slim, "analyze": run_analyze, "checkpoint": run_checkpoint,
+                                           "bench": run_bench}
 
 
 def _one_line(e: BaseException) -> str:

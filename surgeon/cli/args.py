@@ -72,10 +72,10 @@ def _surgery(p: argparse.ArgumentParser, *, ratio: float | None) -> None:
 
 
 def parser() -> argparse.ArgumentParser:
-    """The `surgeon` argument parser: `slim`, `analyze`, `bench`."""
+    """The `surgeon` argument parser: `slim`, `analyze`, `checkpoint`, `bench`."""
     main = _Parser(prog="surgeon", description="Structured pruning that proves itself: slim a model, "
                    "see what is coupled to what, measure before and after.")
-    commands = main.add_subparsers(dest="command", required=True, metavar="{slim,analyze,bench}",
+    commands = main.add_subparsers(dest="command", required=True, metavar="{slim,analyze,checkpoint,bench}",
                                    parser_class=_Parser)
     slim = commands.add_parser("slim", help="slim a model and write it, its ONNX file and a report")
     _common(slim)
@@ -92,6 +92,14 @@ def parser() -> argparse.ArgumentParser:
                          help="draw the dependency graph: .svg/.png/.pdf (Graphviz dot) or .dot; repeatable")
     analyze.add_argument("--scope", metavar="PREFIX", help="draw only modules under PREFIX (e.g. layer2)")
     analyze.add_argument("--plot", type=Path, metavar="FILE", help="plot widths before → after (.png)")
+    ckpt = commands.add_parser("checkpoint", help="slim a Hugging Face checkpoint directory without loading it")
+    ckpt.add_argument("model", metavar="SRC", help="a Hugging Face checkpoint directory (config.json + safetensors)")
+    _surgery(ckpt, ratio=None)
+    ckpt.add_argument("--importance", choices=("l2", "l1", "random"), default="l2",
+                      help="how units are ranked, from the weights read one tensor at a time (default l2)")
+    ckpt.add_argument("--out", type=Path, required=True, metavar="DIR", help="the slim checkpoint (must not exist)")
+    ckpt.add_argument("--quiet", "-q", action="store_true", help="print nothing but errors")
+    ckpt.add_argument("--debug", action="store_true", help="show tracebacks")
     bench = commands.add_parser("bench", help="params, MACs and latency before → after")
     _common(bench)
     _surgery(bench, ratio=0.5)
