@@ -35,7 +35,7 @@ from ..core.verify import output_shapes
 from ..errors import InputError, PlanError, SurgeonError
 from ..io import describe
 from ..stages import Stages
-from ..util import Inputs, as_inputs
+from ..util import Inputs, as_inputs, warn
 from .model import build, meta_inputs, tensor_names
 from .shards import INDEX, SINGLE, Checkpoint, write_shard
 from .stream import share, stream_stats
@@ -69,7 +69,7 @@ def slim_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, ratio: float
 
     Example:
         >>> surgeon.slim_checkpoint("Llama-3.1-8B", "Llama-slim", 0.25)
-        >>> model = transformers.AutoModelForCausalLM.from_pretrained("Llama-slim")
+        >>> model = surgeon.load("Llama-slim")  # 24 heads of 128 over a 4096 width: transformers refuses the config
     """
     config = make_config(ratio, options)
     reads = needs(config.importance)
@@ -81,6 +81,8 @@ def slim_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, ratio: float
         raise InputError(f"{target} exists: slim_checkpoint writes a new directory and never overwrites one")
     if reads and calibration is None:
         raise InputError(f"importance={config.importance!r} ranks units on data: pass calibration=batches")
+    if calibration is not None and not reads:
+        warn(f"calibration data is read only by data criteria; importance={config.importance!r} ignores it")
     checkpoint = Checkpoint(src)
     stages = Stages(show=progress)
     try:
@@ -95,8 +97,9 @@ def slim_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, ratio: float
         names = tensor_names(model, checkpoint)
         read = lambda name: checkpoint.read(names[name])
         stats = None
-        if reads:
-            real = example.with_defaults(**{k: v for k, v in inputs.kwargs.items() if not isinstance(v, torch.Tensor)})
+        if reads:  # (a rank may hold no batch: it still takes part in merging the statistics)
+            real = example.with_defaults(**{k: v for k, v in inputs.kwargs.items() if not isinstance(v, torch.Tensor)}) \
+                if example else inputs
             batches = [split_batch(b, real)[0] for b in batches]
             with stages.stage("calibrate", total=len(graphs[0].graph.nodes)):
                 stats = stream_stats(model, graphs[0], coupling, batches, real, read, set(names), buffers,
