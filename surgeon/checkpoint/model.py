@@ -61,9 +61,11 @@ def _renamed(model: nn.Module, checkpoint: Checkpoint) -> dict[str, str]:
     """Model name → checkpoint name, by the renamings `from_pretrained` applies (GPT-NeoX saves
     `lm_head` as `embed_out`); a checkpoint whose tensors must be merged or split to fit the
     model (`WeightConverter`s: fused MoE experts) is refused."""
-    from transformers.conversion_mapping import get_model_conversion_mapping
-    from transformers.core_model_loading import WeightRenaming, rename_source_key
-
+    try:
+        from transformers.conversion_mapping import get_model_conversion_mapping
+        from transformers.core_model_loading import WeightRenaming, rename_source_key
+    except ImportError:  # transformers before v5 renames nothing on load
+        return {key: key for key in checkpoint.entries}
     transforms = get_model_conversion_mapping(model)
     renamings = [t for t in transforms if isinstance(t, WeightRenaming)]
     converters = [t for t in transforms if not isinstance(t, WeightRenaming)]
