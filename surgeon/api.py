@@ -5,57 +5,33 @@ Options come as a `Config` or as keywords (the fields of `Config`); both are che
 from __future__ import annotations
 
 import dataclasses
-import inspect
 from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
 from torch import fx, nn
-from torch.utils._pytree import tree_leaves
 
 from .config import Config, make_config
+from .core.budget import choose
 from .core.calibrate import Calibration, LossFn, Stats
-from .core.budget import allocate
 from .core.compensate import plan_shifts
 from .core.groups import Coupling
-from .core.plan import Plan, make_plan, select
+from .core.plan import Plan
 from .core.propagate import propagate
 from .core.rank import score_units
 from .core.rebuild import INPUTS_ATTR, PLAN_ATTR, TIMINGS_ATTR, Undo, clone, rebuild
-from .core.trace import trace
+from .core.trace import traced
 from .core.verify import output_shapes
-from .errors import InputError, SurgeonError
+from .errors import SurgeonError
 from .report import print_analysis
 from .stages import Stages
-from .util import Inputs, as_inputs, infer_inputs, warn
+from .util import model_inputs, warn
 
 __all__ = ["plan", "slim", "analyze"]
 
 MAX_RETRIES = 64
 """Modules `slim` may keep whole (a failing module's class at a time) before giving up on a
 torch.export graph."""
-
-
-def _inputs(model: nn.Module, example_inputs: Any) -> Inputs:
-    """The example inputs; a decoder taking `use_cache` gets `use_cache=False` (one graph
-    without a KV cache; the slim model still runs with one)."""
-    if not isinstance(model, nn.Module):
-        raise InputError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    inputs = infer_inputs(model) if example_inputs is None else as_inputs(example_inputs)
-    params = list(inspect.signature(model.forward).parameters)
-    if "use_cache" in params and params.index("use_cache") >= len(inputs.args):
-        inputs = inputs.with_defaults(use_cache=False)
-    return inputs
-
-
-def _graphs(model: nn.Module, inputs: Inputs, config: Config, stages: Stages) -> tuple[list[fx.GraphModule], list[tuple[int, ...]]]:
-    """The traced graphs, and the eval-mode output shapes seen while tracing."""
-    with stages.stage("trace"):
-        graphs = trace(model, inputs, leaf_modules=config.leaf_modules, frontend=config.frontend)
-    out = next(n for n in reversed(graphs[0].graph.nodes) if n.op == "output")
-    shapes = [tuple(n.meta["tensor_meta"].shape) for n in tree_leaves(out.args[0])
-              if isinstance(n, fx.Node) and hasattr(n.meta.get("tensor_meta"), "shape")]
-    return graphs, shapes
 
 
 def _decide(model: nn.Module, graphs: list[fx.GraphModule], config: Config, stages: Stages,
@@ -67,20 +43,6 @@ def _decide(model: nn.Module, graphs: list[fx.GraphModule], config: Config, stag
         scores = score_units(model, coupling, config.importance, stats=stats)
     p, removed = choose(model, graphs[0], coupling, scores, config, stages)
     return _compensated(p, model, graphs[0], coupling, stats, removed) if config.compensate else p
-
-
-def choose(model: nn.Module, gm: fx.GraphModule, coupling: Coupling, scores: np.ndarray, config: Config,
-           stages: Stages) -> tuple[Plan, np.ndarray]:
-    """The plan for these scores — at the config's ratio or within its budget — and the
-    removed units."""
-    budget = None
-    if config.ratio is None:
-        with stages.stage("budget"):
-            removed, budget = allocate(model, gm, coupling, scores, config)
-    with stages.stage("plan"):
-        if config.ratio is not None:
-            removed = select(coupling, scores, config.ratio, round_to=config.round_to)
-        return make_plan(coupling, removed, config.ratio, model=model, budget=budget), removed
 
 
 def _compensated(p: Plan, model: nn.Module, gm: fx.GraphModule, coupling: Coupling, stats: Stats,
@@ -115,11 +77,11 @@ def plan(model: nn.Module, ratio: float | Config | None = None, example_inputs: 
         >>> slim = p.apply(model)
     """
     config = make_config(ratio, options)
-    inputs = _inputs(model, example_inputs)
+    inputs = model_inputs(model, example_inputs)
     data = Calibration.of(config.importance, calibration, loss_fn, inputs, compensate=config.compensate)
     stages = Stages(show=progress)
     try:
-        return _decide(model, _graphs(model, inputs, config, stages)[0], config, stages, {}, data)
+        return _decide(model, traced(model, inputs, config, stages)[0], config, stages, {}, data)
     finally:
         stages.close()
 
@@ -167,12 +129,12 @@ def slim(model: nn.Module, ratio: float | Config | None = None, example_inputs: 
         >>> slim = surgeon.slim(model, 0.5, calibration=batches, compensate=True)
     """
     config = make_config(ratio, options)
-    inputs = _inputs(model, example_inputs)
+    inputs = model_inputs(model, example_inputs)
     data = Calibration.of(config.importance, calibration, loss_fn, inputs, compensate=config.compensate)
     stages = Stages(show=progress)
     keep: dict[str, str] = {}
     try:
-        graphs, expected = _graphs(model, inputs, config, stages)
+        graphs, expected = traced(model, inputs, config, stages)
         with stages.stage("rebuild"):
             target = model if inplace else clone(model)
         while True:

@@ -4,12 +4,13 @@ Nothing here imports another surgeon module except `errors`.
 """
 from __future__ import annotations
 
+import inspect
 import sys
 import warnings
 from collections.abc import Callable, Iterator, Mapping
-from pathlib import Path
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -21,7 +22,7 @@ from .errors import InputError, TraceError
 
 __all__ = ["Inputs", "as_inputs", "infer_inputs", "eval_mode", "outputs", "relative_error",
            "count_params", "count_macs", "flop_counter", "prefer_fake", "FAKE_ABOVE", "warn", "attribute",
-           "parameters_on_meta"]
+           "parameters_on_meta", "model_inputs"]
 
 FAKE_ABOVE = 50_000_000
 """Parameter count above which shapes come from fake tensors: a real forward of a large model
@@ -108,6 +109,18 @@ def infer_inputs(model: nn.Module, *, size: int = 224) -> Inputs:
     if getattr(model, "aux_logits", False):
         size = max(size, 299)
     return Inputs((torch.randn(1, first.in_channels, size, size, dtype=p.dtype, device=p.device),))
+
+
+def model_inputs(model: nn.Module, example_inputs: Any) -> Inputs:
+    """The example inputs; a decoder taking `use_cache` gets `use_cache=False` (one graph
+    without a KV cache; the slim model still runs with one)."""
+    if not isinstance(model, nn.Module):
+        raise InputError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    inputs = infer_inputs(model) if example_inputs is None else as_inputs(example_inputs)
+    params = list(inspect.signature(model.forward).parameters)
+    if "use_cache" in params and params.index("use_cache") >= len(inputs.args):
+        inputs = inputs.with_defaults(use_cache=False)
+    return inputs
 
 
 @contextmanager

@@ -22,20 +22,21 @@ import torch
 from torch import nn
 
 from .. import distributed
-from ..api import _graphs, _inputs, choose
 from ..config import Config, make_config
 from ..core.batches import split_batch
+from ..core.budget import choose
 from ..core.criteria import needs
 from ..core.groups import Coupling
 from ..core.plan import Cut, Plan
 from ..core.propagate import propagate
 from ..core.rank import score_units, weight_spaces
 from ..core.rebuild import apply_plan, cut_tensor
+from ..core.trace import traced
 from ..core.verify import output_shapes
 from ..errors import InputError, PlanError, SurgeonError
 from ..io import describe
 from ..stages import Stages
-from ..util import Inputs, as_inputs, warn
+from ..util import Inputs, as_inputs, model_inputs, warn
 from .model import build, meta_inputs, tensor_names
 from .shards import INDEX, SINGLE, Checkpoint, write_shard
 from .stream import share, stream_stats
@@ -90,8 +91,8 @@ def slim_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, ratio: float
             model, buffers = build(checkpoint)
         batches = share(calibration) if reads else []
         example = _example(batches)
-        inputs = _inputs(model, example.map(lambda t: t.to("meta")) if example else meta_inputs())
-        graphs, expected = _graphs(model, inputs, config, stages)
+        inputs = model_inputs(model, example.map(lambda t: t.to("meta")) if example else meta_inputs())
+        graphs, expected = traced(model, inputs, config, stages)
         with stages.stage("propagate"):
             coupling = Coupling(propagate(model, graphs, config, keep={}))
         names = tensor_names(model, checkpoint)

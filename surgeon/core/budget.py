@@ -21,9 +21,18 @@ from torch import fx, nn
 
 from ..config import Config
 from ..errors import InputError
+from ..stages import Stages
 from .costs import CostModel, mac_costs, param_costs
 from .groups import Coupling
-from .plan import Budget, removal_orders, select_counts, unit_widths
+from .plan import (
+    Budget,
+    Plan,
+    make_plan,
+    removal_orders,
+    select,
+    select_counts,
+    unit_widths,
+)
 
 __all__ = ["allocate"]
 
@@ -98,3 +107,17 @@ class _Search:
     def estimate(self, step: int) -> float:
         self.removed(step)
         return self._seen[step][1]
+
+
+def choose(model: nn.Module, gm: fx.GraphModule, coupling: Coupling, scores: np.ndarray, config: Config,
+           stages: Stages) -> tuple[Plan, np.ndarray]:
+    """The plan for these scores — at the config's ratio or within its budget — and the
+    removed units."""
+    budget = None
+    if config.ratio is None:
+        with stages.stage("budget"):
+            removed, budget = allocate(model, gm, coupling, scores, config)
+    with stages.stage("plan"):
+        if config.ratio is not None:
+            removed = select(coupling, scores, config.ratio, round_to=config.round_to)
+        return make_plan(coupling, removed, config.ratio, model=model, budget=budget), removed

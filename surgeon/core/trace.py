@@ -22,14 +22,17 @@ from torch import fx, nn
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.fx.passes.fake_tensor_prop import FakeTensorProp
 from torch.fx.passes.shape_prop import ShapeProp
+from torch.utils._pytree import tree_leaves
 
+from ..config import Config
 from ..errors import InputError, TraceError
 from ..layers.transformer import TRACED_FORWARD
 from ..ops import load_optional, lookup
+from ..stages import Stages
 from ..util import Inputs, eval_mode, prefer_fake
 from .exported import export_graph, tensor_meta
 
-__all__ = ["trace", "positional", "is_leaf"]
+__all__ = ["trace", "traced", "positional", "is_leaf"]
 
 _HOW_TO = (
     "To make it traceable: pass `leaf_modules=(TheModuleClass,)` so surgeon treats that module "
@@ -226,3 +229,13 @@ def _propagate_shapes(gm: fx.GraphModule, inputs: tuple[Any, ...], *, train_only
             "Pass example_inputs that the model's forward accepts in train and eval mode "
             "(Inception v3 needs 299×299)."
         ) from e
+
+
+def traced(model: nn.Module, inputs: Inputs, config: Config, stages: Stages) -> tuple[list[fx.GraphModule], list[tuple[int, ...]]]:
+    """The traced graphs, and the eval-mode output shapes seen while tracing."""
+    with stages.stage("trace"):
+        graphs = trace(model, inputs, leaf_modules=config.leaf_modules, frontend=config.frontend)
+    out = next(n for n in reversed(graphs[0].graph.nodes) if n.op == "output")
+    shapes = [tuple(n.meta["tensor_meta"].shape) for n in tree_leaves(out.args[0])
+              if isinstance(n, fx.Node) and hasattr(n.meta.get("tensor_meta"), "shape")]
+    return graphs, shapes
