@@ -14,9 +14,10 @@ from .shards import Checkpoint
 __all__ = ["build", "tensor_names", "meta_inputs"]
 
 
-def build(checkpoint: Checkpoint) -> tuple[nn.Module, dict[str, torch.Tensor]]:
+def build(checkpoint: Checkpoint) -> tuple[nn.Module, dict[str, torch.Tensor], dict[str, str]]:
     """The checkpoint's model class built from its `config.json` on `meta`, in eval mode —
-    checked against the checkpoint's tensors — and the values of its buffers."""
+    checked against the checkpoint's tensors —, the values of its buffers, and where each of its
+    tensors is in the checkpoint (`tensor_names`)."""
     import transformers
 
     config = dict(checkpoint.config)
@@ -31,12 +32,12 @@ def build(checkpoint: Checkpoint) -> tuple[nn.Module, dict[str, torch.Tensor]]:
         raise InputError(f"{checkpoint.directory}/config.json names architecture {arch!r}, which transformers lacks")
     with parameters_on_meta():
         model = cls(hf_config) if arch else cls.from_config(hf_config)
-    _check(model, checkpoint)
-    buffers = {name: b for name, b in model.named_buffers()}
     stored = tensor_names(model, checkpoint)
+    _check(model, checkpoint, stored)
+    buffers = dict(model.named_buffers())
     for name, p in model.named_parameters():
         p.data = p.data.to(checkpoint.entries[stored[name]].dtype)
-    return model.to("meta").eval(), buffers
+    return model.to("meta").eval(), buffers, stored
 
 
 def tensor_names(model: nn.Module, checkpoint: Checkpoint) -> dict[str, str]:
@@ -81,9 +82,8 @@ def _renamed(model: nn.Module, checkpoint: Checkpoint) -> dict[str, str]:
     return found
 
 
-def _check(model: nn.Module, checkpoint: Checkpoint) -> None:
+def _check(model: nn.Module, checkpoint: Checkpoint, names: dict[str, str]) -> None:
     """Every persistent tensor is in the checkpoint with the shape the config gives it."""
-    names = tensor_names(model, checkpoint)
     state = model.state_dict()
     params = dict(model.named_parameters(remove_duplicate=False))
     for name in state:

@@ -37,7 +37,7 @@ from ..errors import InputError, PlanError, SurgeonError
 from ..io import describe
 from ..stages import Stages
 from ..util import Inputs, as_inputs, model_inputs, warn
-from .model import build, meta_inputs, tensor_names
+from .model import build, meta_inputs
 from .shards import INDEX, SINGLE, Checkpoint, write_shard
 from .stream import share, stream_stats
 
@@ -88,14 +88,13 @@ def slim_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, ratio: float
     stages = Stages(show=progress)
     try:
         with stages.stage("build"):
-            model, buffers = build(checkpoint)
+            model, buffers, names = build(checkpoint)
         batches = share(calibration) if reads else []
         example = _example(batches)
         inputs = model_inputs(model, example.map(lambda t: t.to("meta")) if example else meta_inputs())
         graphs, expected = traced(model, inputs, config, stages)
         with stages.stage("propagate"):
             coupling = Coupling(propagate(model, graphs, config, keep={}))
-        names = tensor_names(model, checkpoint)
         read = lambda name: checkpoint.read(names[name])
         stats = None
         if reads:  # (a rank may hold no batch: it still takes part in merging the statistics)
