@@ -19,7 +19,7 @@ from torch.fx.node import map_aggregate
 from torch.utils._pytree import tree_leaves
 
 from .. import distributed
-from ..core.calibrate import Site, Stats, batch_pieces, graph_inputs, plan_sites
+from ..core.calibrate import Site, Stats, Values, batch_pieces, graph_inputs, plan_sites
 from ..core.groups import Coupling
 from ..errors import InputError
 from ..util import Inputs
@@ -51,8 +51,7 @@ def stream_stats(model: nn.Module, gm: fx.GraphModule, coupling: Coupling, batch
                  advance: Callable[[], None] | None = None) -> Stats:
     """Statistics of `model` (on the meta device; tensor names in `on_disk` read with `read`, the
     other buffers' values in `buffers`) over this rank's `batches`, merged over all ranks."""
-    cached = lru_cache(maxsize=1)(read)
-    sites, _, leaves, described = plan_sites(model, gm, coupling, lambda name, t: cached(name) if name in on_disk else t)
+    sites, _, leaves, described = plan_sites(model, gm, coupling)
     if leaves:
         raise InputError(f"layers {sorted(leaves)[:3]} keep units inside one call (a leaf module): their "
                          "activations cannot be read node by node; calibrate this model in memory")
@@ -70,12 +69,15 @@ def stream_stats(model: nn.Module, gm: fx.GraphModule, coupling: Coupling, batch
                     value = load(a.target)
                     for r in runners:
                         r.env[a] = value
+            loaded = {a.target: runners[0].env[a] for a in node.all_input_nodes if a.op == "get_attr"}
             if node.op == "call_module":
                 module = model.get_submodule(node.target)
                 tensors = {k: load(f"{node.target}.{k}") for k, _ in
                            [*module.named_parameters(), *module.named_buffers()]}
+                loaded.update({f"{node.target}.{k}": t for k, t in tensors.items()})
                 for r in runners:
                     r.tensors = tensors
+            _out_norms(described, node.name, lambda name, t: loaded.get(name, t))
             for r in runners:
                 for arg, dim, moments in sites.get(node.name, ()):
                     moments.add(r.env[arg], dim)
@@ -85,7 +87,17 @@ def stream_stats(model: nn.Module, gm: fx.GraphModule, coupling: Coupling, batch
                     r.env.pop(value, None)
             if advance is not None:
                 advance()
+    cached = lru_cache(maxsize=1)(read)  # a rank without batches reads what the pass would have
+    _out_norms(described, None, lambda name, t: cached(name) if name in on_disk else t)
     return _merged(coupling, described, len(batches))
+
+
+def _out_norms(described: list, node: str | None, values: Values) -> None:
+    """The consumer weight norms of `node`'s sites (of every site still pending, for None),
+    computed from the weights the pass loaded for it: each weight is read once."""
+    for i, (name, dim, atoms, moments, norm) in enumerate(described):
+        if callable(norm) and node in (None, name):
+            described[i] = (name, dim, atoms, moments, norm(values))
 
 
 class _Streamer(fx.Interpreter):

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -37,7 +38,8 @@ from .labels import LABELS, Labels, atoms_in, iter_labels
 if TYPE_CHECKING:
     from ..stages import Stages
 
-__all__ = ["Site", "Stats", "Calibration", "calibrate", "LossFn", "Moments", "plan_sites", "batch_pieces", "graph_inputs"]
+__all__ = ["Site", "Stats", "Calibration", "calibrate", "LossFn", "Moments", "plan_sites", "batch_pieces", "graph_inputs",
+           "Values", "own_values"]
 
 
 @dataclass(frozen=True)
@@ -184,7 +186,7 @@ def _reads(model: nn.Module, node: fx.Node) -> dict[str, torch.Tensor]:
 
 
 def _out_norm(coupling: Coupling, reads: dict[str, torch.Tensor], names: dict[int, str], atoms: np.ndarray,
-              value: Callable[[str, torch.Tensor], torch.Tensor]) -> np.ndarray:
+              value: Values) -> np.ndarray:
     """Per index of a consumer input: the squared norm of the consumer's weight slices that
     read it — the slice aligned index by index where one is, else its unit's share."""
     dg, units = coupling.dg, coupling.unit[np.maximum(atoms, 0)]
@@ -207,12 +209,25 @@ def _out_norm(coupling: Coupling, reads: dict[str, torch.Tensor], names: dict[in
     return np.where(norm > 0, norm, spread[units] / counts[units])
 
 
-def plan_sites(model: nn.Module, gm: fx.GraphModule, coupling: Coupling,
-               value: Callable[[str, torch.Tensor], torch.Tensor] = lambda name, t: t) -> tuple[dict, dict, set, list]:
+Values = Callable[[str, torch.Tensor], torch.Tensor]
+"""`values(name, param)`: a parameter's values (the parameter itself, or read from disk for a
+model on the meta device)."""
+
+
+def own_values(name: str, t: torch.Tensor) -> torch.Tensor:
+    return t
+
+
+def _leaf_norm(name: str, t: torch.Tensor, value: Values) -> np.ndarray:
+    return value(name, t).detach().float().square().sum(0).double().cpu().numpy()
+
+
+def plan_sites(model: nn.Module, gm: fx.GraphModule, coupling: Coupling) -> tuple[dict, dict, set, list]:
     """Where to read: graph sites (node name → [(input node, dim, moments)]), leaf-internal
     weights (parameter name → moments) and the leaf nodes calling them, and a description of
-    each for `Site`. Only units of groups that may lose some are read. `value(name, param)`
-    gives a parameter's values (read from disk for a model on the meta device)."""
+    each for `Site`: (node, dim, atoms, moments, out_norm), `out_norm(values)` computing the
+    consumer's weight norms from the parameters the node reads. Only units of groups that may
+    lose some are read."""
     dg, active = coupling.dg, coupling.dg.active_atoms()
     names = {id(t): n for n, t in model.named_parameters()}
     graph_sites: dict[str, list] = {}
@@ -236,7 +251,7 @@ def plan_sites(model: nn.Module, gm: fx.GraphModule, coupling: Coupling,
                 if atoms is not None and can_go[np.where(atoms >= 0, coupling.unit[np.maximum(atoms, 0)], -1)].any():
                     moments = Moments(atoms.size)
                     graph_sites.setdefault(node.name, []).append((arg, dim, moments))
-                    described.append((node.name, dim, atoms, moments, _out_norm(coupling, reads, names, atoms, value)))
+                    described.append((node.name, dim, atoms, moments, partial(_out_norm, coupling, reads, names, atoms)))
         if node.op != "call_module":
             continue
         visible = set(coupling.unit[seen].tolist())
@@ -247,8 +262,7 @@ def plan_sites(model: nn.Module, gm: fx.GraphModule, coupling: Coupling,
                 atoms = dg.spaces[idx].atoms
                 leaves.add(node.name)
                 linear_sites[names[id(t)]] = moments = Moments(atoms.size)
-                described.append((f"{node.name}:{name}", 1, atoms, moments,
-                                  value(names[id(t)], t).detach().float().square().sum(0).double().cpu().numpy()))
+                described.append((f"{node.name}:{name}", 1, atoms, moments, partial(_leaf_norm, names[id(t)], t)))
     return graph_sites, linear_sites, leaves, described
 
 
@@ -325,7 +339,7 @@ def calibrate(model: nn.Module, gm: fx.GraphModule, coupling: Coupling, calibrat
         torch.backends.mha.set_fastpath_enabled(fastpath)
     if not batches:
         raise InputError("calibration holds no batches; pass an iterable of input batches")
-    sites = tuple(Site(node, dim, atoms, m.n, m.mean, m.m2 / max(m.n, 1), norm)
+    sites = tuple(Site(node, dim, atoms, m.n, m.mean, m.m2 / max(m.n, 1), norm(own_values))
                   for node, dim, atoms, m, norm in described)
     return Stats(coupling, batches, sites, taylor)
 
