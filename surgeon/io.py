@@ -24,7 +24,7 @@ from torch import nn
 from .core.plan import Plan
 from .core.rebuild import PLAN_ATTR, apply_plan
 from .errors import InputError, PlanError
-from .util import parameters_on_meta
+from .util import names_by_tensor, parameters_on_meta
 
 __all__ = ["save", "load", "describe", "FORMAT"]
 
@@ -208,7 +208,8 @@ def _load_weights(slim: nn.Module, directory: Path, renamed: dict[str, str], *, 
     tensors: dict[str, torch.Tensor] = {}
     for file in files:
         tensors.update({renamed.get(k, k): t for k, t in load_file(str(directory / file)).items()})
-    groups = [names for names in _aliases(slim) if any(a in tensors for a in names)]
+    groups = [names for names in names_by_tensor(slim, buffers=False)
+              if len(names) > 1 and any(a in tensors for a in names)]
     tied = {n for names in groups for n in names}
     missing, unexpected = slim.load_state_dict(tensors, strict=False, assign=assign)
     for names in groups if assign else ():  # assigned under one name: the others share it again
@@ -221,12 +222,3 @@ def _load_weights(slim: nn.Module, directory: Path, renamed: dict[str, str], *, 
                         f"{sorted(set(missing) - tied)[:3]}, unexpected {sorted(unexpected)[:3]})")
     if empty := [n for n, p in slim.named_parameters() if p.is_meta]:
         raise PlanError(f"{directory}: no weights for {empty[:3]}")
-
-
-def _aliases(model: nn.Module) -> list[list[str]]:
-    """Names of each parameter that has several (tied weights)."""
-    found: dict[int, list[str]] = {}
-    for name, t in model.named_parameters(remove_duplicate=False):
-        found.setdefault(id(t), []).append(name)
-    return [names for names in found.values() if len(names) > 1]
-

@@ -22,7 +22,7 @@ from .errors import InputError, TraceError
 
 __all__ = ["Inputs", "as_inputs", "infer_inputs", "eval_mode", "outputs", "relative_error",
            "count_params", "count_macs", "flop_counter", "prefer_fake", "FAKE_ABOVE", "warn", "attribute",
-           "parameters_on_meta", "model_inputs"]
+           "parameters_on_meta", "model_inputs", "names_by_tensor"]
 
 FAKE_ABOVE = 50_000_000
 """Parameter count above which shapes come from fake tensors: a real forward of a large model
@@ -239,3 +239,14 @@ def parameters_on_meta() -> Iterator[None]:
         yield
     finally:
         nn.Module.register_parameter = register
+
+
+def names_by_tensor(model: nn.Module, *, buffers: bool = True) -> list[list[str]]:
+    """Every name of each parameter (and buffer) of `model`, one list per tensor: tied weights
+    have several."""
+    found: dict[int, list[str]] = {}
+    tensors = [*model.named_parameters(remove_duplicate=False),
+               *(model.named_buffers(remove_duplicate=False) if buffers else ())]
+    for name, t in tensors:
+        found.setdefault(id(t), []).append(name)
+    return list(found.values())

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from ..errors import InputError
-from ..util import parameters_on_meta, warn
+from ..util import names_by_tensor, parameters_on_meta, warn
 from .shards import Checkpoint
 
 __all__ = ["build", "tensor_names", "meta_inputs"]
@@ -43,13 +43,10 @@ def build(checkpoint: Checkpoint) -> tuple[nn.Module, dict[str, torch.Tensor], d
 def tensor_names(model: nn.Module, checkpoint: Checkpoint) -> dict[str, str]:
     """Each name of each persistent tensor of `model` → the name its values have in the
     checkpoint (a tied weight is saved under one of its names)."""
-    aliases: dict[int, list[str]] = {}
-    for name, t in [*model.named_parameters(remove_duplicate=False), *model.named_buffers(remove_duplicate=False)]:
-        aliases.setdefault(id(t), []).append(name)
     persistent = set(model.state_dict())
     renamed = _renamed(model, checkpoint)
     found = {}
-    for names in aliases.values():
+    for names in names_by_tensor(model):
         if not persistent & set(names):
             continue
         stored = next((renamed[n] for n in names if n in renamed), None)

@@ -16,10 +16,9 @@ from typing import Any
 import torch
 from torch import fx, nn
 from torch.fx.node import map_aggregate
-from torch.utils._pytree import tree_leaves
 
 from .. import distributed
-from ..core.calibrate import Site, Stats, Values, batch_pieces, graph_inputs, plan_sites
+from ..core.calibrate import Site, Stats, Values, batch_pieces, graph_inputs, leaf_outputs, plan_sites
 from ..core.groups import Coupling
 from ..errors import InputError
 from ..util import Inputs
@@ -118,10 +117,7 @@ class _Streamer(fx.Interpreter):
         return torch.func.functional_call(self.model.get_submodule(target), self.tensors, args, kwargs)
 
     def run_node(self, n: fx.Node) -> Any:
-        out = super().run_node(n)
-        if n.op == "call_module" and n.meta.get("flat_outputs"):  # as `core.calibrate` runs it
-            out = [t for t in tree_leaves(out) if isinstance(t, torch.Tensor)]
-        return out
+        return leaf_outputs(n, super().run_node(n))
 
 
 def _constant(buffers: dict[str, torch.Tensor], gm: fx.GraphModule, target: str) -> torch.Tensor:

@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     from ..stages import Stages
 
 __all__ = ["Site", "Stats", "Calibration", "calibrate", "LossFn", "Moments", "plan_sites", "batch_pieces", "graph_inputs",
-           "Values", "own_values"]
+           "Values", "own_values", "leaf_outputs"]
 
 
 @dataclass(frozen=True)
@@ -145,6 +145,14 @@ class _Watch(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
+def leaf_outputs(n: fx.Node, out: Any) -> Any:
+    """What the graph reads of a node's result: a leaf call whose outputs were flattened when
+    traced (`flat_outputs`) gives its tensors as a list."""
+    if n.op == "call_module" and n.meta.get("flat_outputs"):
+        return [t for t in tree_leaves(out) if isinstance(t, torch.Tensor)]
+    return out
+
+
 class _Runner(fx.Interpreter):
     """Runs a traced graph on the model's own modules and tensors, adding the labelled inputs
     of consumer nodes into their `Moments`."""
@@ -168,9 +176,7 @@ class _Runner(fx.Interpreter):
                 out = super().run_node(n)
         else:
             out = super().run_node(n)
-        if n.op == "call_module" and n.meta.get("flat_outputs"):
-            out = [t for t in tree_leaves(out) if isinstance(t, torch.Tensor)]
-        return out
+        return leaf_outputs(n, out)
 
 
 def _reads(model: nn.Module, node: fx.Node) -> dict[str, torch.Tensor]:
