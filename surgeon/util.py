@@ -21,12 +21,8 @@ from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 from .errors import InputError, TraceError
 
 __all__ = ["Inputs", "as_inputs", "infer_inputs", "eval_mode", "outputs", "relative_error",
-           "count_params", "count_macs", "flop_counter", "prefer_fake", "FAKE_ABOVE", "warn", "attribute",
+           "count_params", "count_macs", "flop_counter", "prefer_fake", "warn", "attribute",
            "parameters_on_meta", "model_inputs", "names_by_tensor"]
-
-FAKE_ABOVE = 50_000_000
-"""Parameter count above which shapes come from fake tensors: a real forward of a large model
-costs more than fake-tensor dispatch (which is slower than a real run on small ones)."""
 
 
 @dataclass(frozen=True)
@@ -168,10 +164,11 @@ def count_params(model: nn.Module) -> int:
 
 
 def prefer_fake(model: nn.Module) -> bool:
-    """Whether shape-only runs of `model` should use fake tensors: large models, and models on
-    the meta device (whose `forward` may read a value, which fake tensors refuse only when
-    tracing could not go on without it)."""
-    return count_params(model) > FAKE_ABOVE or any(p.is_meta for p in model.parameters())
+    """Whether shape-only runs of `model` need fake tensors: its parameters are on the meta
+    device (its `forward` may read a value, which fake tensors refuse only when tracing could
+    not go on without it). Other models run with their heavy layers on meta (`shapes.shapes_only`),
+    which costs less than fake-tensor dispatch at every size."""
+    return any(p.is_meta for p in model.parameters())
 
 
 def _cpu_attention_flops(query: torch.Size, key: torch.Size, value: torch.Size, *args, out_shape=None, **kwargs) -> int:

@@ -210,7 +210,7 @@ def test_analyze_prints_frozen_reason(capsys):
 @pytest.mark.parametrize("fake_kernels", [True, False])
 def test_shapes_from_fake_tensors_or_a_real_run(monkeypatch, fake_kernels):
     import surgeon.core.trace
-    import surgeon.util
+    import surgeon.core.verify
 
     class NoFake:
         def __init__(self, *args):
@@ -221,7 +221,8 @@ def test_shapes_from_fake_tensors_or_a_real_run(monkeypatch, fake_kernels):
 
     if not fake_kernels:
         monkeypatch.setattr(surgeon.core.trace, "FakeTensorProp", NoFake)
-    monkeypatch.setattr(surgeon.util, "FAKE_ABOVE", 0)
+    monkeypatch.setattr(surgeon.core.trace, "prefer_fake", lambda model: True)
+    monkeypatch.setattr(surgeon.core.verify, "prefer_fake", lambda model: True)
     model = small_resnet()
     slim = surgeon.slim(model, 0.5, X)
     assert slim.layer1[0].conv1.out_channels == 32 and surgeon.verify(model, slim).ok

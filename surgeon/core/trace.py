@@ -28,6 +28,7 @@ from ..config import Config
 from ..errors import InputError, TraceError
 from ..layers.transformer import TRACED_FORWARD
 from ..ops import load_optional, lookup
+from ..shapes import shapes_only
 from ..stages import Stages
 from ..util import Inputs, eval_mode, prefer_fake
 from .exported import export_graph, tensor_meta
@@ -213,13 +214,18 @@ def _fake_shapes(gm: fx.GraphModule, inputs: tuple[Any, ...]) -> bool:
 
 def _propagate_shapes(gm: fx.GraphModule, inputs: tuple[Any, ...], *, train_only: bool,
                       fake: bool) -> None:
-    """Shapes on every node: with fake tensors (no arithmetic) for large models when every op
-    supports them, else by running the graph for real."""
+    """Shapes on every node: with fake tensors for large models when every op supports them,
+    else by running the graph with its heavy layers computing shapes only (`shapes_only`) —
+    and for real if that run fails."""
     if fake and _fake_shapes(gm, inputs):
         return
     try:
         with torch.no_grad():
-            ShapeProp(gm).propagate(*inputs)
+            try:
+                with shapes_only(gm):
+                    ShapeProp(gm).propagate(*inputs)
+            except Exception:  # noqa: BLE001 — zeros where values were: a real run decides
+                ShapeProp(gm).propagate(*inputs)
     except Exception as e:
         shapes = ", ".join(str(tuple(t.shape)) for t in inputs if isinstance(t, torch.Tensor))
         which = ("its train-mode graph (layers that only run in training, such as an auxiliary "

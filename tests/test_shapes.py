@@ -1,0 +1,89 @@
+"""Shape-only runs give a real run's shapes, raise a real run's errors, and leave the model as it was."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+from torch.nn.utils import parametrize
+
+from surgeon.shapes import shapes_only
+
+
+def _state(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+class Mixed(nn.Module):
+    """Every kind of heavy layer, one rewriting `forward`, one with a hook."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, stride=2, padding=1)
+        self.up = nn.ConvTranspose2d(8, 4, 2, stride=2)
+        self.conv1d = nn.Conv1d(4, 6, 5)
+        self.attn = nn.MultiheadAttention(6, 2, batch_first=True)
+        self.bilinear = nn.Bilinear(6, 6, 3)
+        self.hooked = nn.Linear(3, 5)
+        self.hooked.register_forward_hook(lambda m, i, o: o * 2)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        y = self.up(self.conv(x).relu())
+        seq = self.conv1d(y.flatten(2)).transpose(1, 2)
+        a, w = self.attn(seq, seq, seq)
+        return self.hooked(self.bilinear(a, a)), w
+
+
+@pytest.mark.parametrize("build, x", [
+    (Mixed, torch.randn(2, 3, 16, 16)),
+    (lambda: torchvision.models.resnet18(), torch.randn(1, 3, 64, 64)),
+    (lambda: torchvision.models.VisionTransformer(32, 16, num_layers=2, num_heads=2, hidden_dim=8, mlp_dim=16),
+     torch.randn(1, 3, 32, 32)),
+])
+def test_shapes_dtypes_and_strides_match_a_real_run(build, x):
+    torch.manual_seed(0)
+    model = build().eval()
+    before, params = _state(model), list(model.parameters())
+    with torch.no_grad():
+        real = model(x)
+        with shapes_only(model):
+            fast = model(x)
+    real, fast = (t if isinstance(t, tuple) else (t,) for t in (real, fast))
+    assert [(t.shape, t.dtype, t.stride()) for t in fast] == [(t.shape, t.dtype, t.stride()) for t in real]
+    assert not any("forward" in vars(m) for m in model.modules())
+    assert list(model.parameters()) == params and not any(p.is_meta for p in params)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+def test_heavy_layers_skip_the_arithmetic_and_others_run():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 2)).eval()
+    x = torch.randn(1, 3, 8, 8)
+    with torch.no_grad(), shapes_only(model):
+        assert torch.count_nonzero(model(x)) == 0  # zeros from the heavy layers, shapes kept
+        assert torch.equal(model[1](x), x.clamp(min=0))  # the ReLU itself is real
+    assert torch.count_nonzero(model(x)) > 0
+
+
+def test_a_width_mismatch_raises_the_real_error():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Conv2d(5, 2, 1))
+    with pytest.raises(RuntimeError) as real:
+        model(torch.randn(1, 3, 8, 8))
+    with shapes_only(model), pytest.raises(RuntimeError) as fast:
+        model(torch.randn(1, 3, 8, 8))
+    assert str(fast.value) == str(real.value)
+    assert not any("forward" in vars(m) for m in model.modules())
+
+
+def test_a_layer_whose_meta_run_fails_runs_for_real():
+    class Scaled(nn.Module):  # reads a value: fails on meta
+        def forward(self, w: torch.Tensor) -> torch.Tensor:
+            return w / w.abs().max().item()
+
+    model = nn.Linear(4, 3).eval()
+    parametrize.register_parametrization(model, "weight", Scaled())
+    x = torch.randn(2, 4)
+    with torch.no_grad():
+        real = model(x)
+        with shapes_only(model):
+            assert "forward" in vars(model)  # tried on meta first
+            assert torch.equal(model(x), real)
