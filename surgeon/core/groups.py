@@ -70,14 +70,17 @@ class Coupling:
         self.frozen = self._flag(dg.frozen)
         self.inexact = self._flag(dg.inexact)
         constraints = [[self.unit[row] for row in rows] for rows in dg.blocks]
-        self.graph = self._space_graph(constraints)
-        self.group_of = np.full(self.n_units, -1, dtype=np.int64)
+        pairs = self._unit_spaces()
+        self.graph = self._space_graph(pairs, constraints)
         components = sorted(nx.connected_components(self.graph), key=min)
-        self.members = []
-        for spaces in components:
-            units = np.unique(np.concatenate([self.units_of(self.dg.spaces[i]) for i in spaces]))
-            self.group_of[units] = len(self.members)
-            self.members.append(units)
+        component = np.full(len(dg.spaces), -1, dtype=np.int64)
+        for g, spaces in enumerate(components):
+            component[list(spaces)] = g
+        self.group_of = np.full(self.n_units, -1, dtype=np.int64)
+        self.group_of[pairs[:, 0]] = component[pairs[:, 1]]  # a unit's spaces are all in one group
+        order = np.argsort(self.group_of, kind="stable")
+        sizes = np.bincount(self.group_of[self.group_of >= 0], minlength=len(components))
+        self.members = np.split(order[order.size - int(sizes.sum()):], np.cumsum(sizes)[:-1]) if components else []
         self.blocks = {}
         for rows in constraints:  # each lies in one group: its spaces were joined
             g = int(self.group_of[np.concatenate(rows)].max())
@@ -100,18 +103,24 @@ class Coupling:
         """The unit of every index of a space."""
         return self.unit[sp.start : sp.start + sp.size]
 
-    def _space_graph(self, constraints: list[list[np.ndarray]]) -> nx.Graph:
+    def _unit_spaces(self) -> np.ndarray:
+        """Distinct (unit, creating space) pairs, sorted by unit."""
+        active = sorted(self.dg.active)
+        if not active:
+            return np.zeros((0, 2), dtype=np.int64)
+        n = len(self.dg.spaces)
+        keys = np.unique(np.concatenate([self.units_of(self.dg.spaces[i]) * n + i for i in active]))
+        return np.stack([keys // n, keys % n], 1)
+
+    def _space_graph(self, pairs: np.ndarray, constraints: list[list[np.ndarray]]) -> nx.Graph:
         """Creating spaces, joined where one unit has atoms in both, or where units of both
         are held to equal counts (`DepGraph.balance`)."""
         graph = nx.Graph()
         graph.add_nodes_from(sorted(self.dg.active))
-        pairs = np.concatenate([
-            np.stack([self.units_of(self.dg.spaces[i]), np.full(self.dg.spaces[i].size, i)], 1)
-            for i in sorted(self.dg.active)
-        ]) if self.dg.active else np.zeros((0, 2), dtype=np.int64)
-        pairs = np.unique(pairs, axis=0)
+        n = len(self.dg.spaces)
         same = pairs[1:, 0] == pairs[:-1, 0]
-        graph.add_edges_from(zip(pairs[:-1, 1][same].tolist(), pairs[1:, 1][same].tolist()))
+        edges = np.unique(pairs[:-1, 1][same] * n + pairs[1:, 1][same])
+        graph.add_edges_from(zip((edges // n).tolist(), (edges % n).tolist()))
         space_of = dict(zip(pairs[:, 0].tolist(), pairs[:, 1].tolist()))
         for rows in constraints:
             spaces = sorted({space_of[u] for u in np.concatenate(rows).tolist() if u in space_of})
