@@ -82,12 +82,12 @@ def _where(exc: BaseException) -> str:
     return f" at {frames[-1].filename}:{frames[-1].lineno} `{frames[-1].line}`" if frames else ""
 
 
-def _trace_once(model: nn.Module, leaf_modules: Sequence[type | str]) -> fx.GraphModule:
+def _trace_once(model: nn.Module, leaf_modules: Sequence[type | str]) -> tuple[fx.Graph, nn.Module]:
+    """The fx graph and its root (a GraphModule is built only for a graph that is kept)."""
     tracer = _Tracer(leaf_modules)
     before = set(vars(model))
     try:
-        graph = tracer.trace(model)
-        return fx.GraphModule(tracer.root, graph, type(model).__name__)
+        return tracer.trace(model), tracer.root
     except Exception as e:
         where = f" inside module '{tracer.failed_in}'" if tracer.failed_in else ""
         error = TraceError(f"torch.fx could not trace {type(model).__name__}{where}{_where(e)}: "
@@ -99,9 +99,9 @@ def _trace_once(model: nn.Module, leaf_modules: Sequence[type | str]) -> fx.Grap
             delattr(model, key)
 
 
-def _same(a: fx.GraphModule, b: fx.GraphModule) -> bool:
-    key = lambda g: [(n.op, str(n.target)) for n in g.graph.nodes]  # noqa: E731
-    return key(a) == key(b)
+def _same(a: fx.GraphModule, b: fx.Graph) -> bool:
+    key = lambda g: [(n.op, str(n.target)) for n in g.nodes]  # noqa: E731
+    return key(a.graph) == key(b)
 
 
 def positional(model: nn.Module, inputs: Inputs) -> tuple[Any, ...]:
@@ -156,9 +156,9 @@ def _fx_graphs(model: nn.Module, inputs: Inputs, leaf_modules: Sequence[type | s
         graphs = []
         for training in (False, True) if _reads_training(model, leaf_modules) else (False,):
             model.train(training)
-            gm = _trace_once(model, leaf_modules)
-            if not graphs or not _same(graphs[0], gm):
-                graphs.append(gm)
+            graph, root = _trace_once(model, leaf_modules)
+            if not graphs or not _same(graphs[0], graph):
+                graphs.append(fx.GraphModule(root, graph, type(model).__name__))
         model.eval()
         fake = prefer_fake(model)
         for i, gm in enumerate(graphs):

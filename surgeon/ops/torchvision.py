@@ -17,7 +17,7 @@ from torchvision.models.swin_transformer import (
 )
 from torchvision.models.vision_transformer import EncoderBlock
 from torchvision.ops.misc import FrozenBatchNorm2d
-from torchvision.ops.stochastic_depth import stochastic_depth
+from torchvision.ops.stochastic_depth import StochasticDepth, stochastic_depth
 
 from ..core.labels import Labels
 from ..layers.vision import (
@@ -97,9 +97,11 @@ def frozen_batch_norm(ctx: Ctx) -> Labels:
     return x
 
 
-@register(stochastic_depth)
+@register(stochastic_depth, StochasticDepth)
 def per_sample(ctx: Ctx) -> Labels:
-    """`stochastic_depth(x, p, mode, training)` scales whole samples: channels pass through."""
+    """`stochastic_depth(x, p, mode, training)` scales whole samples: channels pass through.
+    The module is kept as one call, so models reading `training` only there (EfficientNet,
+    ConvNeXt) are traced once."""
     return ctx.lab(ctx.arg(0, "input"))
 
 
