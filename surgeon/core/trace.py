@@ -3,8 +3,8 @@
 Two frontends feed the same later stages. torch.fx (the default): the model is traced in eval
 mode, and in train mode too when a module traced through reads `self.training` (the graph is kept
 when it differs: Inception's auxiliary head only exists in train mode),
-shapes come from running the example inputs through each graph in eval mode under `no_grad`,
-and the caller's train/eval flags are restored afterwards. torch.export (`core.exported`), for
+shapes come from running the example inputs through each graph in eval mode under `no_grad`
+with the heavy layers computing shapes only (`surgeon.shapes`), and the caller's train/eval flags are restored afterwards. torch.export (`core.exported`), for
 models fx cannot trace: one eval-mode graph of ATen ops, shapes from its fake tensors.
 `frontend="auto"` tries fx first and export when fx fails; an error names both failures.
 """
@@ -32,6 +32,11 @@ from ..shapes import shapes_only
 from ..stages import Stages
 from ..util import Inputs, eval_mode, prefer_fake
 from .exported import export_graph, tensor_meta
+
+try:  # generates the graph's Python code only if it is called: the stages run it node by node
+    from torch.fx._lazy_graph_module import _LazyGraphModule as _GraphModule
+except ImportError:  # a torch without it: code generated up front (7-15 ms a graph)
+    _GraphModule = fx.GraphModule
 
 __all__ = ["trace", "traced", "positional", "is_leaf"]
 
@@ -158,7 +163,7 @@ def _fx_graphs(model: nn.Module, inputs: Inputs, leaf_modules: Sequence[type | s
             model.train(training)
             graph, root = _trace_once(model, leaf_modules)
             if not graphs or not _same(graphs[0], graph):
-                graphs.append(fx.GraphModule(root, graph, type(model).__name__))
+                graphs.append(_GraphModule(root, graph, type(model).__name__))
         model.eval()
         fake = prefer_fake(model)
         for i, gm in enumerate(graphs):
@@ -214,7 +219,7 @@ def _fake_shapes(gm: fx.GraphModule, inputs: tuple[Any, ...]) -> bool:
 
 def _propagate_shapes(gm: fx.GraphModule, inputs: tuple[Any, ...], *, train_only: bool,
                       fake: bool) -> None:
-    """Shapes on every node: with fake tensors for large models when every op supports them,
+    """Shapes on every node: with fake tensors for a model on meta when every op supports them,
     else by running the graph with its heavy layers computing shapes only (`shapes_only`) —
     and for real if that run fails."""
     if fake and _fake_shapes(gm, inputs):

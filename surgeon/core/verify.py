@@ -80,7 +80,7 @@ class Report:
 
 
 def output_shapes(model: nn.Module, inputs: Inputs) -> list[tuple[int, ...]]:
-    """Shapes of `outputs(model, inputs)`: for a large model from fake tensors when every op
+    """Shapes of `outputs(model, inputs)`: for a model on meta from fake tensors when every op
     allows, else from a run whose heavy layers compute shapes only (`shapes_only`) — and from
     a real run if that fails, whose error, if any, is the one raised."""
     if prefer_fake(model):
