@@ -228,6 +228,24 @@ def test_shapes_from_fake_tensors_or_a_real_run(monkeypatch, fake_kernels):
     assert slim.layer1[0].conv1.out_channels == 32 and surgeon.verify(model, slim).ok
 
 
+@pytest.mark.parametrize("build, traces, graphs", [
+    (torchvision.models.resnet18, 1, 1),  # nothing traced through reads `training`
+    (torchvision.models.efficientnet_b0, 1, 1),  # only StochasticDepth does, and it is one call
+    (torchvision.models.densenet121, 2, 1),  # dropout's `training` flag: the same graph twice
+    (lambda: torchvision.models.googlenet(aux_logits=True, init_weights=False), 2, 2),  # aux heads
+])
+def test_the_train_mode_graph_is_traced_only_where_it_may_differ(monkeypatch, build, traces, graphs):
+    import surgeon.core.trace as trace
+
+    calls = []
+    once = trace._trace_once
+    monkeypatch.setattr(trace, "_trace_once", lambda *a: calls.append(1) or once(*a))
+    model = build().eval()
+    found = trace.trace(model, surgeon.util.Inputs((torch.randn(1, 3, 96, 96),)))
+    assert (len(calls), len(found)) == (traces, graphs)
+    assert not model.training
+
+
 def test_train_only_branch_needs_inputs_it_accepts():
     model = torchvision.models.inception_v3(init_weights=False)
     with pytest.raises(surgeon.TraceError, match="train-mode graph"):
