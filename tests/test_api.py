@@ -239,7 +239,7 @@ def test_the_train_mode_graph_is_traced_only_where_it_may_differ(monkeypatch, bu
 
     calls = []
     once = trace._trace_once
-    monkeypatch.setattr(trace, "_trace_once", lambda *a: calls.append(1) or once(*a))
+    monkeypatch.setattr(trace, "_trace_once", lambda *a, **k: calls.append(1) or once(*a, **k))
     model = build().eval()
     found = trace.trace(model, surgeon.util.Inputs((torch.randn(1, 3, 96, 96),)))
     assert (len(calls), len(found)) == (traces, graphs)

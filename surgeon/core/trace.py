@@ -87,12 +87,17 @@ def _where(exc: BaseException) -> str:
     return f" at {frames[-1].filename}:{frames[-1].lineno} `{frames[-1].line}`" if frames else ""
 
 
-def _trace_once(model: nn.Module, leaf_modules: Sequence[type | str]) -> tuple[fx.Graph, nn.Module]:
-    """The fx graph and its root (a GraphModule is built only for a graph that is kept)."""
+def _trace_once(model: nn.Module, leaf_modules: Sequence[type | str], *,
+                like: fx.GraphModule | None = None) -> fx.GraphModule | None:
+    """The fx graph of `model` as it is now — None when it equals `like` (a GraphModule is
+    built only for a graph that is kept)."""
     tracer = _Tracer(leaf_modules)
     before = set(vars(model))
     try:
-        return tracer.trace(model), tracer.root
+        graph = tracer.trace(model)
+        if like is not None and _same(like, graph):
+            return None
+        return _GraphModule(tracer.root, graph, type(model).__name__)  # copies traced constants
     except Exception as e:
         where = f" inside module '{tracer.failed_in}'" if tracer.failed_in else ""
         error = TraceError(f"torch.fx could not trace {type(model).__name__}{where}{_where(e)}: "
@@ -161,9 +166,9 @@ def _fx_graphs(model: nn.Module, inputs: Inputs, leaf_modules: Sequence[type | s
         graphs = []
         for training in (False, True) if _reads_training(model, leaf_modules) else (False,):
             model.train(training)
-            graph, root = _trace_once(model, leaf_modules)
-            if not graphs or not _same(graphs[0], graph):
-                graphs.append(_GraphModule(root, graph, type(model).__name__))
+            gm = _trace_once(model, leaf_modules, like=graphs[0] if graphs else None)
+            if gm is not None:
+                graphs.append(gm)
         model.eval()
         fake = prefer_fake(model)
         for i, gm in enumerate(graphs):
