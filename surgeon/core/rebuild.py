@@ -60,10 +60,15 @@ def _owners(model: nn.Module) -> dict[int, list[tuple[str, dict, str]]]:
     return owners
 
 
-def _lookup(model: nn.Module, name: str) -> torch.Tensor:
+def _submodule(model: nn.Module, modules: dict[str, nn.Module], path: str) -> nn.Module:
+    """`model.get_submodule(path)`, from `modules` (every path of `model`) when it is there."""
+    return modules[path] if path in modules else model.get_submodule(path)
+
+
+def _lookup(model: nn.Module, modules: dict[str, nn.Module], name: str) -> torch.Tensor:
     mod, _, attr = name.rpartition(".")
     try:
-        owner = model.get_submodule(mod) if mod else model
+        owner = _submodule(model, modules, mod)
     except AttributeError as e:
         raise PlanError(f"plan names tensor '{name}', which {type(model).__name__} does not have") from e
     t = owner._parameters.get(attr, owner._buffers.get(attr))
@@ -157,10 +162,10 @@ def rebuild(model: nn.Module, plan: Plan, *, reference: bool = False, undo: Undo
         by_tensor[cut.tensor].append(cut)
     undo = Undo([], []) if undo is None else undo
     _compensate(model, [s for s in plan.shifts if s.approximate or not reference], by_tensor, undo)
-    owners = _owners(model)
+    owners, modules = _owners(model), dict(model.named_modules(remove_duplicate=False))
     touched: dict[str, dict] = {}
     for name, cuts in by_tensor.items():
-        old = _lookup(model, name)
+        old = _lookup(model, modules, name)
         new = _sliced(old, cuts, drop, zero)
         for mname, store, key in owners[id(old)]:
             undo.tensors.append((store, key, old))
@@ -175,7 +180,7 @@ def rebuild(model: nn.Module, plan: Plan, *, reference: bool = False, undo: Undo
             touched.setdefault(".".join(parts[:k]), {})
     for mname in sorted(touched, key=lambda n: -(n.count(".") + 1 if n else 0)):  # children first
         sizes = touched[mname]
-        module = model.get_submodule(mname)
+        module = _submodule(model, modules, mname)
         fix = lookup_resizer(module)
         counts = {k: v for k, v in sizes.items() if type(getattr(module, k, None)) is int}
         if fix is None and not counts:

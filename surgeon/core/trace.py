@@ -21,7 +21,6 @@ import torch
 from torch import fx, nn
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.fx.passes.fake_tensor_prop import FakeTensorProp
-from torch.fx.passes.shape_prop import ShapeProp
 from torch.utils._pytree import tree_leaves
 
 from ..config import Config
@@ -222,6 +221,18 @@ def _fake_shapes(gm: fx.GraphModule, inputs: tuple[Any, ...]) -> bool:
     return True
 
 
+class _Shapes(fx.Interpreter):
+    """fx's ShapeProp without its extras (a traceback printed on every failure, the memory-format
+    search): `tensor_meta` on every node that gives tensors."""
+
+    def run_node(self, n: fx.Node) -> Any:
+        result = super().run_node(n)
+        meta = tensor_meta(result)
+        if meta is not None:
+            n.meta["tensor_meta"] = meta
+        return result
+
+
 def _propagate_shapes(gm: fx.GraphModule, inputs: tuple[Any, ...], *, train_only: bool,
                       fake: bool) -> None:
     """Shapes on every node: with fake tensors for a model on meta when every op supports them,
@@ -233,9 +244,9 @@ def _propagate_shapes(gm: fx.GraphModule, inputs: tuple[Any, ...], *, train_only
         with torch.no_grad():
             try:
                 with shapes_only(gm):
-                    ShapeProp(gm).propagate(*inputs)
+                    _Shapes(gm).run(*inputs)
             except Exception:  # noqa: BLE001 — zeros where values were: a real run decides
-                ShapeProp(gm).propagate(*inputs)
+                _Shapes(gm).run(*inputs)
     except Exception as e:
         shapes = ", ".join(str(tuple(t.shape)) for t in inputs if isinstance(t, torch.Tensor))
         which = ("its train-mode graph (layers that only run in training, such as an auxiliary "
