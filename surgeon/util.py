@@ -121,19 +121,22 @@ def model_inputs(model: nn.Module, example_inputs: Any) -> Inputs:
 
 @contextmanager
 def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """Put every submodule in eval mode, then restore each one's own train/eval flag.
+    """Put every submodule in eval mode, then restore each one's own train/eval flag (a model
+    already in eval mode is left alone: flags are set only where they change).
 
     Example:
         >>> with eval_mode(model), torch.no_grad():
         ...     y = model(x)
     """
     modes = {m: m.training for m in model.modules()}
-    model.eval()
+    if any(modes.values()):
+        model.eval()
     try:
         yield model
     finally:
         for module, training in modes.items():
-            module.training = training
+            if module.training != training:
+                module.training = training
 
 
 def outputs(model: nn.Module, inputs: Inputs) -> list[torch.Tensor]:
