@@ -66,6 +66,9 @@ def _powered_sums(t: torch.Tensor, dim: int, p: int) -> torch.Tensor:
     longer (vgg16_bn's 25088-wide classifier: 2 s)."""
     dtype = torch.promote_types(t.dtype, torch.float32)
     x = t.reshape(math.prod(t.shape[:dim]), t.shape[dim], -1)
+    if x.numel() <= CHUNK:  # one block, one chunk: the loop below without its bookkeeping
+        x = x.to(dtype)
+        return (x.abs() if p == 1 else x.square()).sum(dim=(0, 2))
     _, size, post = x.shape
     rows = max(1, CHUNK // max(1, size * post))
     step = max(1, CHUNK // max(1, rows * post))
