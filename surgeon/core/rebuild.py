@@ -128,7 +128,7 @@ def cut_tensor(t: torch.Tensor, cuts: list[Cut]) -> torch.Tensor:
 def _compensate(model: nn.Module, shifts: list[Shift], by_tensor: dict[str, list[Cut]], undo: Undo) -> None:
     """Add each shift's Δb to its layer's bias — a new parameter, created (and then cut as the
     weight's outputs are) where the layer has none."""
-    owners = _owners(model)
+    owners = _owners(model) if shifts else {}
     for shift in shifts:
         module = model.get_submodule(shift.module)
         old = module._parameters["bias"]
