@@ -7,7 +7,7 @@ import torchvision
 from torch import nn
 from torch.nn.utils import parametrize
 
-from surgeon.shapes import shapes_only
+from surgeon.shapes import shape_run, shapes_only
 
 
 def _state(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -87,3 +87,23 @@ def test_a_layer_whose_meta_run_fails_runs_for_real():
         with shapes_only(model):
             assert "forward" in vars(model)  # tried on meta first
             assert torch.equal(model(x), real)
+
+
+def test_shape_run_repeats_for_real_what_fails_on_zeros():
+    model = nn.Linear(4, 3)
+    seen = []
+
+    def run() -> torch.Size:
+        y = model(torch.randn(2, 4))
+        seen.append(bool(y.abs().sum()))
+        if not seen[-1]:
+            raise ValueError("this forward reads values")
+        return y.shape
+
+    assert shape_run(model, run) == (2, 3) and seen == [False, True]
+
+    def broken() -> None:
+        model(torch.randn(2, 5))
+
+    with pytest.raises(RuntimeError, match="shapes cannot be multiplied"):
+        shape_run(model, broken)

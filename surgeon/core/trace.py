@@ -4,7 +4,8 @@ Two frontends feed the same later stages. torch.fx (the default): the model is t
 mode, and in train mode too when a module traced through reads `self.training` (the graph is kept
 when it differs: Inception's auxiliary head only exists in train mode),
 shapes come from running the example inputs through each graph in eval mode under `no_grad`
-with the heavy layers computing shapes only (`surgeon.shapes`), and the caller's train/eval flags are restored afterwards. torch.export (`core.exported`), for
+with the heavy layers computing shapes only (`surgeon.shapes`), and the caller's train/eval
+flags are restored afterwards. torch.export (`core.exported`), for
 models fx cannot trace: one eval-mode graph of ATen ops, shapes from its fake tensors.
 `frontend="auto"` tries fx first and export when fx fails; an error names both failures.
 """
@@ -27,7 +28,7 @@ from ..config import Config
 from ..errors import InputError, TraceError
 from ..layers.transformer import TRACED_FORWARD
 from ..ops import load_optional, lookup
-from ..shapes import shapes_only
+from ..shapes import shape_run
 from ..stages import Stages
 from ..util import Inputs, eval_mode, prefer_fake
 from .exported import export_graph, tensor_meta
@@ -236,17 +237,12 @@ class _Shapes(fx.Interpreter):
 def _propagate_shapes(gm: fx.GraphModule, inputs: tuple[Any, ...], *, train_only: bool,
                       fake: bool) -> None:
     """Shapes on every node: with fake tensors for a model on meta when every op supports them,
-    else by running the graph with its heavy layers computing shapes only (`shapes_only`) —
-    and for real if that run fails."""
+    else from `shape_run` (heavy layers computing shapes only, and for real if that fails)."""
     if fake and _fake_shapes(gm, inputs):
         return
     try:
         with torch.no_grad():
-            try:
-                with shapes_only(gm):
-                    _Shapes(gm).run(*inputs)
-            except Exception:  # noqa: BLE001 — zeros where values were: a real run decides
-                _Shapes(gm).run(*inputs)
+            shape_run(gm, lambda: _Shapes(gm).run(*inputs))
     except Exception as e:
         shapes = ", ".join(str(tuple(t.shape)) for t in inputs if isinstance(t, torch.Tensor))
         which = ("its train-mode graph (layers that only run in training, such as an auxiliary "

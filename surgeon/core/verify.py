@@ -34,7 +34,7 @@ from torch import nn
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 from ..errors import PlanError, VerificationError
-from ..shapes import shapes_only
+from ..shapes import shape_run
 from ..util import Inputs, as_inputs, infer_inputs, outputs, prefer_fake, relative_error, warn
 from .compensate import holding, reference_plan
 from .plan import Cut, Plan
@@ -81,19 +81,15 @@ class Report:
 
 def output_shapes(model: nn.Module, inputs: Inputs) -> list[tuple[int, ...]]:
     """Shapes of `outputs(model, inputs)`: for a model on meta from fake tensors when every op
-    allows, else from a run whose heavy layers compute shapes only (`shapes_only`) — and from
-    a real run if that fails, whose error, if any, is the one raised."""
+    allows, else from `shape_run` (heavy layers computing shapes only; a real run if that
+    fails, whose error, if any, is the one raised)."""
     if prefer_fake(model):
         try:
             with FakeTensorMode(allow_non_fake_inputs=True) as mode:
                 return [tuple(t.shape) for t in outputs(model, inputs.map(mode.from_tensor))]
         except Exception:  # no fake kernel, or a real failure the real run below reports
             pass
-    try:
-        with shapes_only(model):
-            return [tuple(t.shape) for t in outputs(model, inputs)]
-    except Exception:  # noqa: BLE001 — zeros where values were: the real run decides
-        return [tuple(t.shape) for t in outputs(model, inputs)]
+    return shape_run(model, lambda: [tuple(t.shape) for t in outputs(model, inputs)])
 
 
 def _probe_value(original: torch.Tensor, cuts: list[Cut], given_back: set[int]) -> torch.Tensor:
