@@ -4,8 +4,11 @@ Finding every node's shape (the trace stage) and checking the slim model's outpu
 check) need no values, yet a real forward spends nearly all its time in convolutions, linear
 layers and attention. Inside `shapes_only(model)` those layers run on the meta device (native
 shape kernels, no arithmetic) and hand on zeros with the shape, strides and dtype a real run
-gives; everything else runs for real on them. A layer whose meta run raises (a hook reading
-values, an unusual argument) runs for real, so every error is a real one.
+gives; everything else runs for real on them. The commonest layers skip even the meta
+dispatch: a convolution or linear layer on a plain contiguous input has its output shape
+worked out here (after the checks its kernel makes), and eval-mode batch norms and activations
+hand on zeros of their input's shape. A layer whose meta run raises (a hook reading values, an
+unusual argument) or whose quick path declines runs for real, so every error is a real one.
 """
 from __future__ import annotations
 
@@ -22,7 +25,7 @@ from .layers.mha import SlimMultiheadAttention
 
 T = TypeVar("T")
 
-__all__ = ["shapes_only", "shape_run", "HEAVY"]
+__all__ = ["shapes_only", "shape_run", "HEAVY", "QUICK"]
 
 HEAVY: frozenset[Callable[..., Any]] = frozenset(cls.forward for cls in (
     nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d,
@@ -31,6 +34,74 @@ HEAVY: frozenset[Callable[..., Any]] = frozenset(cls.forward for cls in (
 """`forward` methods run on meta: their meta kernels are cheap next to the arithmetic they
 skip. Matched by the method, so a subclass that keeps it (NonDynamicallyQuantizableLinear)
 qualifies and one that rewrites `forward` (timm's Conv2dSame) runs for real."""
+
+
+def _plain(x: torch.Tensor, *params: torch.Tensor | None) -> bool:
+    """`x` is an ordinary contiguous tensor (no subclass, not meta) and `params` match its dtype
+    and device: a kernel returns a contiguous result of `x`'s dtype."""
+    return (type(x) is torch.Tensor and not x.is_meta and x.is_contiguous()
+            and all(p is None or (p.dtype == x.dtype and p.device == x.device and p.is_contiguous())
+                    for p in params))
+
+
+def _conv(m: nn.Module, x: torch.Tensor) -> torch.Tensor | None:
+    """Zeros shaped like `Conv{1,2,3}d`'s output, or None where its meta kernel must decide."""
+    w, b = m.weight, m.bias
+    if (not _plain(x, w, b) or x.dim() != w.dim() or x.shape[1] != w.shape[1] * m.groups
+            or (b is not None and tuple(b.shape) != (w.shape[0],))):
+        return None
+    spatial = x.shape[2:]
+    if m.padding != "same":
+        padding = (0,) * len(spatial) if m.padding == "valid" else m.padding
+        spatial = [(n + 2 * p - d * (k - 1) - 1) // s + 1 for n, p, d, k, s
+                   in zip(spatial, padding, m.dilation, w.shape[2:], m.stride)]
+    if min(spatial, default=1) < 1:
+        return None
+    return torch.zeros((x.shape[0], w.shape[0], *spatial), dtype=x.dtype, device=x.device)
+
+
+def _linear(m: nn.Module, x: torch.Tensor) -> torch.Tensor | None:
+    """Zeros shaped like `Linear`'s output, or None where its meta kernel must decide."""
+    w, b = m.weight, m.bias
+    if (not _plain(x, w, b) or x.dim() == 0 or w.dim() != 2 or x.shape[-1] != w.shape[1]
+            or (b is not None and tuple(b.shape) != (w.shape[0],))):
+        return None
+    return torch.zeros((*x.shape[:-1], w.shape[0]), dtype=x.dtype, device=x.device)
+
+
+def _batch_norm(m: nn.Module, x: torch.Tensor) -> torch.Tensor | None:
+    """Zeros like the input of an eval-mode batch norm whose statistics fit it."""
+    if m.training or m.running_mean is None or not _plain(x) or x.dim() < 2:
+        return None
+    try:
+        m._check_input_dim(x)
+    except ValueError:
+        return None
+    fits = all(t is None or t.numel() == x.shape[1] for t in (m.weight, m.bias, m.running_mean, m.running_var))
+    return torch.zeros_like(x) if fits else None
+
+
+def _pointwise(m: nn.Module, x: torch.Tensor) -> torch.Tensor | None:
+    """An activation's output shape: its input itself when it works in place, else zeros."""
+    if not _plain(x):
+        return None
+    return x if getattr(m, "inplace", False) else torch.zeros_like(x)
+
+
+QUICK: dict[Callable[..., Any], Callable[[nn.Module, torch.Tensor], torch.Tensor | None]] = {
+    **{cls.forward: _conv for cls in (nn.Conv1d, nn.Conv2d, nn.Conv3d)},
+    nn.Linear.forward: _linear,
+    **{cls.forward: _batch_norm for cls in (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)},
+    **{cls.forward: _pointwise for cls in (
+        nn.ReLU, nn.ReLU6, nn.SiLU, nn.GELU, nn.Sigmoid, nn.Tanh, nn.Hardswish, nn.Hardsigmoid,
+        nn.LeakyReLU, nn.ELU, nn.Mish,
+    )},
+}
+"""One-tensor `forward` methods whose output shape is worked out without a kernel (None: the
+layer runs on meta if heavy, else for real). Matched by the method, as `HEAVY` is."""
+
+
+_PATCHED = HEAVY | QUICK.keys()
 
 
 def _meta(t: Any) -> Any:
@@ -55,7 +126,15 @@ def _meta_weights(module: nn.Module) -> Iterator[None]:
 
 
 def _shape_only(module: nn.Module, forward: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-    """`forward(module, …)` on meta, its outputs turned into zeros where the inputs live."""
+    """`forward(module, …)`'s output from its quick path, else from a meta run (turned into
+    zeros where the inputs live) for a heavy layer, else from a real run."""
+    quick = QUICK.get(forward)
+    if quick is not None and len(args) == 1 and not kwargs and isinstance(args[0], torch.Tensor):
+        out = quick(module, args[0])
+        if out is not None:
+            return out
+    if forward not in HEAVY:
+        return forward(module, *args, **kwargs)
     tensors = [t for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)]
     if not tensors or any(t.is_meta for t in tensors):
         return forward(module, *args, **kwargs)
@@ -71,13 +150,14 @@ def _shape_only(module: nn.Module, forward: Callable[..., Any], *args: Any, **kw
 
 @contextmanager
 def shapes_only(model: nn.Module) -> Iterator[nn.Module]:
-    """Within the block, `model`'s convolutions, linear layers and attention compute shapes only.
+    """Within the block, `model`'s convolutions, linear layers, attention, eval-mode batch norms
+    and activations compute shapes only.
 
     Example:
         >>> with shapes_only(model), torch.no_grad():
         ...     shape = model(x).shape  # the real output's shape, in a fraction of the time
     """
-    patched = [m for m in model.modules() if getattr(type(m), "forward", None) in HEAVY
+    patched = [m for m in model.modules() if getattr(type(m), "forward", None) in _PATCHED
                and "forward" not in vars(m) and not (m._forward_pre_hooks or m._forward_hooks)]
     for m in patched:
         m.forward = partial(_shape_only, m, type(m).forward)

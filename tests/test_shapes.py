@@ -60,8 +60,57 @@ def test_heavy_layers_skip_the_arithmetic_and_others_run():
     x = torch.randn(1, 3, 8, 8)
     with torch.no_grad(), shapes_only(model):
         assert torch.count_nonzero(model(x)) == 0  # zeros from the heavy layers, shapes kept
-        assert torch.equal(model[1](x), x.clamp(min=0))  # the ReLU itself is real
+        assert torch.count_nonzero(model[1](x)) == 0  # the ReLU says its shape too
+        assert torch.equal(model[2](x), x.flatten(1))  # the Flatten is real
     assert torch.count_nonzero(model(x)) > 0
+
+
+QUICK_CASES = [
+    (nn.Conv2d(4, 6, 3, stride=2, padding=1, dilation=2, groups=2), (1, 4, 9, 11)),
+    (nn.Conv2d(4, 6, 3, padding="same", padding_mode="reflect"), (2, 4, 7, 7)),
+    (nn.Conv1d(4, 6, 5, padding="valid", bias=False), (3, 4, 9)),
+    (nn.Conv3d(2, 3, (1, 2, 3), stride=(1, 2, 1)), (1, 2, 4, 5, 6)),
+    (nn.Linear(5, 3), (2, 7, 5)),
+    (nn.Linear(5, 3), (5,)),
+    (nn.BatchNorm1d(4), (3, 4, 6)),
+    (nn.BatchNorm2d(4), (3, 4, 5, 6)),
+    (nn.SiLU(), (2, 3, 4)),
+    (nn.ReLU(inplace=True), (2, 3)),
+]
+
+
+@pytest.mark.parametrize("layer, shape", QUICK_CASES, ids=lambda v: type(v).__name__ if isinstance(v, nn.Module) else str(v))
+def test_quick_paths_give_a_real_runs_shape_dtype_and_strides(layer, shape):
+    x = torch.randn(shape)
+    layer.eval()
+    with torch.no_grad():
+        real = layer(x.clone())
+        with shapes_only(layer):
+            fast = layer(x.clone())
+    assert (fast.shape, fast.dtype, fast.stride()) == (real.shape, real.dtype, real.stride())
+    assert torch.count_nonzero(fast) == 0 or getattr(layer, "inplace", False)
+
+
+@pytest.mark.parametrize("layer, shape", [
+    (nn.Conv2d(4, 6, 3), (1, 5, 8, 8)),  # input width
+    (nn.Conv2d(4, 6, 5), (1, 4, 3, 3)),  # kernel larger than the input
+    (nn.Conv2d(4, 6, 3), (4, 8, 8)),  # unbatched: left to the kernel
+    (nn.Linear(5, 3), (2, 4)),
+    (nn.BatchNorm2d(4), (2, 5, 3, 3)),
+    (nn.BatchNorm2d(4), (2, 4, 3)),  # wrong rank
+])
+def test_quick_paths_decline_what_the_kernel_must_judge(layer, shape):
+    layer.eval()
+    x = torch.randn(shape)
+    try:
+        real = layer(x)
+    except (RuntimeError, ValueError) as e:
+        with shapes_only(layer), pytest.raises(type(e)) as fast:
+            layer(x)
+        assert str(fast.value) == str(e)
+    else:
+        with shapes_only(layer), torch.no_grad():
+            assert layer(x).shape == real.shape
 
 
 def test_a_width_mismatch_raises_the_real_error():
@@ -81,11 +130,11 @@ def test_a_layer_whose_meta_run_fails_runs_for_real():
 
     model = nn.Linear(4, 3).eval()
     parametrize.register_parametrization(model, "weight", Scaled())
-    x = torch.randn(2, 4)
+    x = torch.randn(4, 2).t()  # not contiguous: no quick path, so tried on meta first
     with torch.no_grad():
         real = model(x)
         with shapes_only(model):
-            assert "forward" in vars(model)  # tried on meta first
+            assert "forward" in vars(model)
             assert torch.equal(model(x), real)
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["Space", "DepGraph", "connected_atoms"]
+__all__ = ["Space", "DepGraph", "connected_atoms", "distinct"]
 
 
 @dataclass(frozen=True)
@@ -32,6 +32,13 @@ class Space:
     def atoms(self) -> np.ndarray:
         """The atom ids of this space."""
         return np.arange(self.start, self.start + self.size, dtype=np.int64)
+
+
+def distinct(values: np.ndarray) -> np.ndarray:
+    """The sorted distinct values of an integer array: `np.unique` by one sort (numpy 2's
+    hash-based `unique` takes about three times as long on the atom arrays here)."""
+    values = np.sort(values, axis=None)
+    return values[np.concatenate(([True], values[1:] != values[:-1]))] if values.size else values
 
 
 def _present(atoms: np.ndarray | None) -> np.ndarray:

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import networkx as nx
 import numpy as np
 
-from .atoms import DepGraph, Space
+from .atoms import DepGraph, Space, distinct
 
 __all__ = ["Group", "Coupling"]
 
@@ -63,8 +63,7 @@ class Coupling:
 
     def __post_init__(self) -> None:
         dg = self.dg
-        _, self.unit = np.unique(dg.classes(), return_inverse=True)
-        self.n_units = int(self.unit.max()) + 1 if self.unit.size else 0
+        self.unit, self.n_units = _dense(dg.classes())
         self.active = np.zeros(self.n_units, dtype=bool)
         self.active[self.unit[dg.active_atoms()]] = True
         self.frozen = self._flag(dg.frozen)
@@ -109,7 +108,7 @@ class Coupling:
         if not active:
             return np.zeros((0, 2), dtype=np.int64)
         n = len(self.dg.spaces)
-        keys = np.unique(np.concatenate([self.units_of(self.dg.spaces[i]) * n + i for i in active]))
+        keys = distinct(np.concatenate([self.units_of(self.dg.spaces[i]) * n + i for i in active]))
         return np.stack([keys // n, keys % n], 1)
 
     def _space_graph(self, pairs: np.ndarray, constraints: list[list[np.ndarray]]) -> nx.Graph:
@@ -119,11 +118,13 @@ class Coupling:
         graph.add_nodes_from(sorted(self.dg.active))
         n = len(self.dg.spaces)
         same = pairs[1:, 0] == pairs[:-1, 0]
-        edges = np.unique(pairs[:-1, 1][same] * n + pairs[1:, 1][same])
+        edges = distinct(pairs[:-1, 1][same] * n + pairs[1:, 1][same])
         graph.add_edges_from(zip((edges // n).tolist(), (edges % n).tolist()))
-        space_of = dict(zip(pairs[:, 0].tolist(), pairs[:, 1].tolist()))
+        space_of = np.full(self.n_units, -1, dtype=np.int64)
+        space_of[pairs[:, 0]] = pairs[:, 1]
         for rows in constraints:
-            spaces = sorted({space_of[u] for u in np.concatenate(rows).tolist() if u in space_of})
+            spaces = np.unique(space_of[np.concatenate(rows)])
+            spaces = spaces[spaces >= 0].tolist()
             graph.add_edges_from(zip(spaces[:-1], spaces[1:]))
         return graph
 
@@ -142,3 +143,12 @@ class Coupling:
                 if g >= 0 and reason not in reasons[g]:
                     reasons[g].append(reason)
         return reasons
+
+
+def _dense(roots: np.ndarray) -> tuple[np.ndarray, int]:
+    """Each atom's class numbered 0, 1, … in the order of the roots (what `np.unique(roots,
+    return_inverse=True)` gives, without its sort: roots are atom ids), and the class count."""
+    present = np.zeros(roots.size, dtype=bool)
+    present[roots] = True
+    rank = np.cumsum(present) - 1
+    return rank[roots], int(present.sum())

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from ..errors import PlanError
+from .atoms import distinct
 from .balance import remove_lowest
 from .groups import Coupling, Group
 
@@ -191,7 +192,7 @@ def unit_widths(coupling: Coupling) -> list[int]:
     for i in coupling.dg.active:
         units = coupling.units_of(coupling.dg.spaces[i])
         g = int(coupling.group_of[units[0]])
-        w = units.size // np.unique(units).size
+        w = units.size // distinct(units).size
         widths[g] = min(widths[g], w) if widths[g] else w
     return widths
 
