@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import partial
+import weakref
 from typing import Any, Callable, TypeVar
 
 import torch
@@ -44,33 +45,37 @@ def _plain(x: torch.Tensor, *params: torch.Tensor | None) -> bool:
                     for p in params))
 
 
-def _conv(m: nn.Module, x: torch.Tensor) -> torch.Tensor | None:
-    """Zeros shaped like `Conv{1,2,3}d`'s output, or None where its meta kernel must decide."""
+SAME = "same"
+"""What a quick path returns for a layer whose output has its input's shape and layout."""
+
+Shape = tuple[int, ...] | str | None
+
+
+def _conv(m: nn.Module, x: torch.Tensor) -> Shape:
+    """`Conv{1,2,3}d`'s output shape, or None where its meta kernel must decide."""
     w, b = m.weight, m.bias
     if (not _plain(x, w, b) or x.dim() != w.dim() or x.shape[1] != w.shape[1] * m.groups
             or (b is not None and tuple(b.shape) != (w.shape[0],))):
         return None
-    spatial = x.shape[2:]
+    spatial = tuple(x.shape[2:])
     if m.padding != "same":
         padding = (0,) * len(spatial) if m.padding == "valid" else m.padding
-        spatial = [(n + 2 * p - d * (k - 1) - 1) // s + 1 for n, p, d, k, s
-                   in zip(spatial, padding, m.dilation, w.shape[2:], m.stride)]
-    if min(spatial, default=1) < 1:
-        return None
-    return torch.zeros((x.shape[0], w.shape[0], *spatial), dtype=x.dtype, device=x.device)
+        spatial = tuple((n + 2 * p - d * (k - 1) - 1) // s + 1 for n, p, d, k, s
+                        in zip(spatial, padding, m.dilation, w.shape[2:], m.stride))
+    return (x.shape[0], w.shape[0], *spatial) if min(spatial, default=1) >= 1 else None
 
 
-def _linear(m: nn.Module, x: torch.Tensor) -> torch.Tensor | None:
-    """Zeros shaped like `Linear`'s output, or None where its meta kernel must decide."""
+def _linear(m: nn.Module, x: torch.Tensor) -> Shape:
+    """`Linear`'s output shape, or None where its meta kernel must decide."""
     w, b = m.weight, m.bias
     if (not _plain(x, w, b) or x.dim() == 0 or w.dim() != 2 or x.shape[-1] != w.shape[1]
             or (b is not None and tuple(b.shape) != (w.shape[0],))):
         return None
-    return torch.zeros((*x.shape[:-1], w.shape[0]), dtype=x.dtype, device=x.device)
+    return (*x.shape[:-1], w.shape[0])
 
 
-def _batch_norm(m: nn.Module, x: torch.Tensor) -> torch.Tensor | None:
-    """Zeros like the input of an eval-mode batch norm whose statistics fit it."""
+def _batch_norm(m: nn.Module, x: torch.Tensor) -> Shape:
+    """SAME for an eval-mode batch norm whose statistics fit its input."""
     if m.training or m.running_mean is None or not _plain(x) or x.dim() < 2:
         return None
     try:
@@ -78,17 +83,15 @@ def _batch_norm(m: nn.Module, x: torch.Tensor) -> torch.Tensor | None:
     except ValueError:
         return None
     fits = all(t is None or t.numel() == x.shape[1] for t in (m.weight, m.bias, m.running_mean, m.running_var))
-    return torch.zeros_like(x) if fits else None
+    return SAME if fits else None
 
 
-def _pointwise(m: nn.Module, x: torch.Tensor) -> torch.Tensor | None:
-    """An activation's output shape: its input itself when it works in place, else zeros."""
-    if not _plain(x):
-        return None
-    return x if getattr(m, "inplace", False) else torch.zeros_like(x)
+def _pointwise(m: nn.Module, x: torch.Tensor) -> Shape:
+    """SAME: an activation keeps its input's shape."""
+    return SAME if _plain(x) else None
 
 
-QUICK: dict[Callable[..., Any], Callable[[nn.Module, torch.Tensor], torch.Tensor | None]] = {
+QUICK: dict[Callable[..., Any], Callable[[nn.Module, torch.Tensor], Shape]] = {
     **{cls.forward: _conv for cls in (nn.Conv1d, nn.Conv2d, nn.Conv3d)},
     nn.Linear.forward: _linear,
     **{cls.forward: _batch_norm for cls in (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)},
@@ -99,6 +102,34 @@ QUICK: dict[Callable[..., Any], Callable[[nn.Module, torch.Tensor], torch.Tensor
 }
 """One-tensor `forward` methods whose output shape is worked out without a kernel (None: the
 layer runs on meta if heavy, else for real). Matched by the method, as `HEAVY` is."""
+
+
+class _Scratch:
+    """The zeros a shape-only run made, known by identity and not kept alive: a layer that keeps
+    its input's shape may hand one on instead of a fresh copy (nobody else holds it, and its
+    values mean nothing), but never a tensor of the caller's."""
+
+    def __init__(self) -> None:
+        self._refs: dict[int, weakref.ref] = {}
+
+    def __contains__(self, t: torch.Tensor) -> bool:
+        ref = self._refs.get(id(t))
+        return ref is not None and ref() is t
+
+    def made(self, t: torch.Tensor) -> torch.Tensor:
+        self._refs[id(t)] = weakref.ref(t)
+        return t
+
+
+def _quick(scratch: _Scratch, module: nn.Module, quick: Callable[[nn.Module, torch.Tensor], Shape],
+           x: torch.Tensor) -> torch.Tensor | None:
+    """The output of `module(x)` from its quick path (None where it declines)."""
+    shape = quick(module, x)
+    if shape is None:
+        return None
+    if shape is SAME:
+        return x if getattr(module, "inplace", False) or x in scratch else scratch.made(torch.zeros_like(x))
+    return scratch.made(torch.zeros(shape, dtype=x.dtype, device=x.device))
 
 
 _PATCHED = HEAVY | QUICK.keys()
@@ -125,12 +156,13 @@ def _meta_weights(module: nn.Module) -> Iterator[None]:
             store[key] = t
 
 
-def _shape_only(module: nn.Module, forward: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+def _shape_only(scratch: _Scratch, module: nn.Module, forward: Callable[..., Any], *args: Any,
+                **kwargs: Any) -> Any:
     """`forward(module, …)`'s output from its quick path, else from a meta run (turned into
     zeros where the inputs live) for a heavy layer, else from a real run."""
     quick = QUICK.get(forward)
     if quick is not None and len(args) == 1 and not kwargs and isinstance(args[0], torch.Tensor):
-        out = quick(module, args[0])
+        out = _quick(scratch, module, quick, args[0])
         if out is not None:
             return out
     if forward not in HEAVY:
@@ -144,7 +176,7 @@ def _shape_only(module: nn.Module, forward: Callable[..., Any], *args: Any, **kw
             out = forward(module, *tree_map(_meta, args), **tree_map(_meta, kwargs))
     except Exception:  # noqa: BLE001 — the real run below raises the error a user should see
         return forward(module, *args, **kwargs)
-    return tree_map(lambda t: torch.empty_strided(t.shape, t.stride(), dtype=t.dtype, device=device).zero_()
+    return tree_map(lambda t: scratch.made(torch.empty_strided(t.shape, t.stride(), dtype=t.dtype, device=device).zero_())
                     if isinstance(t, torch.Tensor) else t, out)
 
 
@@ -159,8 +191,9 @@ def shapes_only(model: nn.Module) -> Iterator[nn.Module]:
     """
     patched = [m for m in model.modules() if getattr(type(m), "forward", None) in _PATCHED
                and "forward" not in vars(m) and not (m._forward_pre_hooks or m._forward_hooks)]
+    scratch = _Scratch()
     for m in patched:
-        m.forward = partial(_shape_only, m, type(m).forward)
+        m.forward = partial(_shape_only, scratch, m, type(m).forward)
     try:
         yield model
     finally:

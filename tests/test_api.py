@@ -256,11 +256,14 @@ def test_train_only_branch_needs_inputs_it_accepts():
 @pytest.mark.parametrize("shape, dim", [((7, 5, 3, 3), 0), ((7, 5, 3, 3), 1), ((300, 70000), 1),
                                         ((300, 70000), 0), ((9,), 0), ((3, 4, 5), 2)])
 def test_chunked_slice_norms_equal_the_plain_reduction(shape, dim):
-    """L2 / L1 scores are summed in chunks (a strided reduction over a Linear's rows is slow):
-    the same numbers as one reduction, for every dimension and a 1-D tensor."""
+    """L2 / L1 scores are summed in chunks (a strided reduction over a Linear's rows is slow),
+    or for several dims from one powered copy: the same numbers as one reduction per dimension,
+    for every dimension and a 1-D tensor."""
     from surgeon.core.rank import _powered_sums
 
     t = torch.randn(shape)
-    other = [d for d in range(t.dim()) if d != dim]
-    for p, ref in ((2, t.square()), (1, t.abs())):
-        torch.testing.assert_close(_powered_sums(t, dim, p), ref.sum(other) if other else ref, rtol=1e-4, atol=1e-3)
+    for dims in ([dim], sorted({dim, t.dim() - 1 - dim})):
+        for p, ref in ((2, t.square()), (1, t.abs())):
+            expected = [ref.sum([o for o in range(t.dim()) if o != d]) if t.dim() > 1 else ref for d in dims]
+            for got, want in zip(_powered_sums(t, dims, p), expected):
+                torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-3)

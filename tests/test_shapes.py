@@ -113,6 +113,24 @@ def test_quick_paths_decline_what_the_kernel_must_judge(layer, shape):
             assert layer(x).shape == real.shape
 
 
+def test_zeros_are_handed_on_but_the_callers_tensors_never_are():
+    class Pair(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv, self.bn = nn.Conv2d(3, 3, 1), nn.BatchNorm2d(3)
+
+        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            c = self.conv(x)
+            return c, self.bn(c), self.bn(x)
+
+    model, x = Pair().eval(), torch.randn(1, 3, 4, 4)
+    before = x.clone()
+    with torch.no_grad(), shapes_only(model):
+        c, bn_c, bn_x = model(x)
+    assert bn_c is c  # zeros this run made: no copy
+    assert bn_x is not x and torch.count_nonzero(bn_x) == 0 and torch.equal(x, before)
+
+
 def test_a_width_mismatch_raises_the_real_error():
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Conv2d(5, 2, 1))
     with pytest.raises(RuntimeError) as real:

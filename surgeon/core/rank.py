@@ -26,49 +26,64 @@ if TYPE_CHECKING:
 __all__ = ["score_units", "weight_spaces"]
 
 
-def _checked(t: torch.Tensor, name: str, dim: int, importance: Importance) -> np.ndarray:
+def _checked(t: torch.Tensor, name: str, dims: list[int], importance: Importance) -> list[np.ndarray]:
     """`_slice_scores`, refused where a ranking would be meaningless: NaN / Inf weights (or
     scores), or no values at all (the meta device) for a criterion that reads them."""
     if t.is_meta and not callable(importance):
         raise InputError(f"parameter '{name}' is on the meta device: it has no values to rank by; "
                          "pass importance='random' or a callable(tensor, dim) that uses shapes only")
     try:
-        scores = _slice_scores(t, dim, importance)
+        scores = _slice_scores(t, dims, importance)
     except NotImplementedError as e:  # a callable returned a meta tensor
         raise InputError(f"importance on meta parameter '{name}' must return real scores: {e}") from e
-    if not np.isfinite(scores).all():
+    if not all(np.isfinite(s).all() for s in scores):
         what = "holds NaN or Inf values" if not bool(torch.isfinite(t).all()) else "has NaN or Inf importance scores"
         raise InputError(f"parameter '{name}' {what}: a ranking of its channels would be "
                          "meaningless; fix the weights or the importance first")
     return scores
 
 
-def _slice_scores(t: torch.Tensor, dim: int, importance: Importance) -> np.ndarray:
-    """Per-index score contribution of tensor `t` along `dim` (summed over the other dims): the
-    squared L2 norm or the L1 norm of each slice."""
+def _slice_scores(t: torch.Tensor, dims: list[int], importance: Importance) -> list[np.ndarray]:
+    """Per-index score contribution of tensor `t` along each of `dims` (summed over the other
+    dims): the squared L2 norm or the L1 norm of each slice."""
     t = t.detach()
     if callable(importance):
-        s = torch.as_tensor(importance(t.float(), dim))
-        if s.shape != (t.shape[dim],):
-            raise InputError(f"importance callable returned shape {tuple(s.shape)}, expected ({t.shape[dim]},)")
-        return s.double().cpu().numpy()
-    return _powered_sums(t, dim, 1 if importance == "l1" else 2).double().cpu().numpy()
+        found = []
+        for dim in dims:
+            s = torch.as_tensor(importance(t.float(), dim))
+            if s.shape != (t.shape[dim],):
+                raise InputError(f"importance callable returned shape {tuple(s.shape)}, expected ({t.shape[dim]},)")
+            found.append(s.double().cpu().numpy())
+        return found
+    return [s.double().cpu().numpy() for s in _powered_sums(t, dims, 1 if importance == "l1" else 2)]
 
 
 CHUNK = 1 << 22
 """Elements converted at a time: a bfloat16 LLM weight is never copied whole to float32."""
 
 
-def _powered_sums(t: torch.Tensor, dim: int, p: int) -> torch.Tensor:
-    """Σ |x|ᵖ over each slice of `t` along `dim` (a 1-D tensor: each entry on its own), in
-    float32 or wider, summed over chunks of the leading dimensions, each reduced over its
-    contiguous trailing part first: one strided reduction over a Linear's rows takes 15×
-    longer (vgg16_bn's 25088-wide classifier: 2 s)."""
+def _powered_sums(t: torch.Tensor, dims: list[int], p: int) -> list[torch.Tensor]:
+    """Σ |x|ᵖ over each slice of `t` along each of `dims` (a 1-D tensor: each entry on its own),
+    in float32 or wider. A tensor of at most CHUNK elements is powered once, then summed for
+    each dim over its leading dims (rows added whole) and its contiguous trailing part: half
+    the time of one reduction over a conv's (out, kernel) dims."""
     dtype = torch.promote_types(t.dtype, torch.float32)
+    if t.numel() > CHUNK:
+        return [_chunked_sums(t, dim, p, dtype) for dim in dims]
+    x = t.to(dtype)
+    x = x.abs() if p == 1 else x.square()
+    found = []
+    for dim in dims:
+        lead = x.reshape(math.prod(x.shape[:dim]), -1).sum(0) if dim else x
+        found.append(lead.reshape(x.shape[dim], -1).sum(1))
+    return found
+
+
+def _chunked_sums(t: torch.Tensor, dim: int, p: int, dtype: torch.dtype) -> torch.Tensor:
+    """`_powered_sums` along one dim of a large tensor, summed over chunks of the leading
+    dimensions, each reduced over its contiguous trailing part first: one strided reduction
+    over a Linear's rows takes 15× longer (vgg16_bn's 25088-wide classifier: 2 s)."""
     x = t.reshape(math.prod(t.shape[:dim]), t.shape[dim], -1)
-    if x.numel() <= CHUNK:  # one block, one chunk: the loop below without its bookkeeping
-        x = x.to(dtype)
-        return (x.abs() if p == 1 else x.square()).sum(dim=(0, 2))
     _, size, post = x.shape
     rows = max(1, CHUNK // max(1, size * post))
     step = max(1, CHUNK // max(1, rows * post))
@@ -109,8 +124,8 @@ def score_units(model: nn.Module, coupling: Coupling, importance: Importance = "
     score = np.zeros(n, dtype=np.float64)
     for name, spaces in weight_spaces(model, coupling).items():
         t = params[name] if read is None else read(name)
-        for sp in spaces:
-            np.add.at(score, coupling.units_of(sp), _checked(t, sp.name, sp.dim, importance))
+        for sp, scores in zip(spaces, _checked(t, name, [sp.dim for sp in spaces], importance)):
+            np.add.at(score, coupling.units_of(sp), scores)
         if advance is not None:
             advance()
     return np.sqrt(score) if importance == "l2" else score

@@ -163,13 +163,15 @@ def _fx_graphs(model: nn.Module, inputs: Inputs, leaf_modules: Sequence[type | s
     except InputError as e:
         raise _FxFailed(TraceError(str(e))) from e
     with eval_mode(model):
-        graphs = []
-        for training in (False, True) if _reads_training(model, leaf_modules) else (False,):
-            model.train(training)
-            gm = _trace_once(model, leaf_modules, like=graphs[0] if graphs else None)
+        graphs = [_trace_once(model, leaf_modules)]
+        if _reads_training(model, leaf_modules):
+            model.train()
+            try:
+                gm = _trace_once(model, leaf_modules, like=graphs[0])
+            finally:
+                model.eval()
             if gm is not None:
                 graphs.append(gm)
-        model.eval()
         fake = prefer_fake(model)
         for i, gm in enumerate(graphs):
             _propagate_shapes(gm, args, train_only=i > 0, fake=fake)
