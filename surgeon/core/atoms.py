@@ -89,11 +89,7 @@ class DepGraph:
 
     def union(self, a: np.ndarray, b: np.ndarray) -> None:
         """Couple atoms a[i] and b[i] (entries < 0 are ignored)."""
-        a, b = np.asarray(a, dtype=np.int64), np.asarray(b, dtype=np.int64)
-        keep = (a >= 0) & (b >= 0) & (a != b)
-        if not keep.any():
-            return
-        self._edges.append((a[keep], b[keep]))
+        self._edges.append((np.asarray(a, dtype=np.int64), np.asarray(b, dtype=np.int64)))
 
     def freeze(self, atoms: np.ndarray | None, reason: str) -> None:
         """Pin atoms (and whatever is coupled to them): they are never removed."""
@@ -139,11 +135,7 @@ class DepGraph:
         rows couples its rows index by index instead, which always holds.
         """
         while True:
-            if self._edges:
-                a = np.concatenate([e[0] for e in self._edges])
-                b = np.concatenate([e[1] for e in self._edges])
-            else:
-                a = b = np.zeros(0, dtype=np.int64)
+            a, b = self._coupled()
             root = connected_atoms(self.n_atoms, a, b)
             broken = [i for i, (x, y) in enumerate(self.counts)
                       if not np.array_equal(np.sort(root[x[x >= 0]]), np.sort(root[y[y >= 0]]))]
@@ -166,6 +158,15 @@ class DepGraph:
                 for row in rows[1:]:
                     self.union(rows[0], row)
             self.balanced = [r for i, r in enumerate(self.balanced) if i not in set(unbalanced)]
+
+    def _coupled(self) -> tuple[np.ndarray, np.ndarray]:
+        """Every `union` so far as two arrays of atoms, pairs with an unprunable side dropped."""
+        if not self._edges:
+            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+        a = np.concatenate([e[0].ravel() for e in self._edges])
+        b = np.concatenate([e[1].ravel() for e in self._edges])
+        keep = (a >= 0) & (b >= 0) & (a != b)
+        return a[keep], b[keep]
 
     def active_atoms(self) -> np.ndarray:
         """Boolean mask: atom lies in a space created by a layer (conv/linear output …)."""

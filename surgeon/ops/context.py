@@ -32,16 +32,23 @@ def op_name(target: Any) -> str:
 
 
 class Names:
-    """Canonical name of every parameter and buffer (tied tensors share one name)."""
+    """Canonical name of every parameter and buffer (tied tensors share one name), and every
+    submodule by path."""
 
     def __init__(self, model: nn.Module) -> None:
         self.model = model
+        self.modules = dict(model.named_modules())
         self._by_id: dict[int, str] = {}
         for name, t in [*model.named_parameters(), *model.named_buffers()]:
             self._by_id.setdefault(id(t), name)
 
     def of(self, tensor: torch.Tensor) -> str | None:
         return self._by_id.get(id(tensor))
+
+    def module(self, path: str) -> nn.Module:
+        """`model.get_submodule(path)`, looked up once per model."""
+        found = self.modules.get(path)
+        return found if found is not None else self.model.get_submodule(path)
 
 
 class Ctx:
@@ -51,7 +58,7 @@ class Ctx:
                  options: Config) -> None:
         self.node, self.dg, self._env, self.names, self.options = node, dg, env, names, options
         self.module: nn.Module | None = (
-            names.model.get_submodule(node.target) if node.op == "call_module" else None
+            names.module(node.target) if node.op == "call_module" else None
         )
         target = node.target if isinstance(node.target, str) else getattr(node.target, "__name__", node.target)
         self.where = f"node '{node.name}' ({node.op} {target})"
@@ -150,7 +157,7 @@ class Ctx:
         stack = self.node.meta.get("nn_module_stack") or {}
         path = list(stack.values())[-1][0].split("@")[0] if stack else ""  # export: "layer@1" = 2nd call
         try:
-            return path, self.names.model.get_submodule(path)
+            return path, self.names.module(path)
         except AttributeError:
             return None
 
