@@ -244,14 +244,14 @@ def markdown(rows: list[dict], image: Path | None) -> str:
         else:
             lines.append(f"| {m} | {'ok' if s.get('ok') else 'fail'} | "
                          f"{'ok' if t.get('ok') else 'fail'} | — | not measurable |")
-    lines += ["", "### Where surgeon's time goes (seconds per stage, best run)", "",
+    lines += ["", "### Where surgeon's time goes (milliseconds per stage, best run)", "",
               "| model | " + " | ".join(STAGES) + " | total | Torch-Pruning |", "|---" * (len(STAGES) + 3) + "|"]
     for m in STAGED:
         s, t = by.get((m, "surgeon"), {}), by.get((m, "torch-pruning"), {})
         if s.get("stages"):
-            cells = [f"{s['stages'].get(k, 0.0):.2f}" for k in STAGES]
-            tp_s = f"{t['seconds']:.2f}" if t.get("ok") else "fail"
-            lines.append(f"| {m} | {' | '.join(cells)} | {s['seconds']:.2f} | {tp_s} |")
+            cells = [f"{1000 * s['stages'].get(k, 0.0):.0f}" for k in STAGES]
+            tp_ms = f"{1000 * t['seconds']:.0f}" if t.get("ok") else "fail"
+            lines.append(f"| {m} | {' | '.join(cells)} | {1000 * s['seconds']:.0f} | {tp_ms} |")
     if image:
         lines += ["", f"![surgery time]({image.relative_to(image.parent.parent).as_posix()})"]
     head = "| model | surgeon | s | MB | param keep | MAC keep | TP | s | MB | param keep | MAC keep |"

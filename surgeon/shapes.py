@@ -47,6 +47,9 @@ def _plain(x: torch.Tensor, *params: torch.Tensor | None) -> bool:
 
 SAME = "same"
 """What a quick path returns for a layer whose output has its input's shape and layout."""
+REAL = "real"
+"""What a quick path returns for a call only the real kernel judges rightly (the meta kernel
+lets it through)."""
 
 Shape = tuple[int, ...] | str | None
 
@@ -54,8 +57,10 @@ Shape = tuple[int, ...] | str | None
 def _conv(m: nn.Module, x: torch.Tensor) -> Shape:
     """`Conv{1,2,3}d`'s output shape, or None where its meta kernel must decide."""
     w, b = m.weight, m.bias
-    if (not _plain(x, w, b) or x.dim() != w.dim() or x.shape[1] != w.shape[1] * m.groups
-            or (b is not None and tuple(b.shape) != (w.shape[0],))):
+    if w.shape[0] % m.groups:  # outputs that do not split into the groups: meta does not see it
+        return REAL
+    if (not _plain(x, w, b) or m.padding_mode != "zeros" or x.dim() != w.dim()
+            or x.shape[1] != w.shape[1] * m.groups or (b is not None and tuple(b.shape) != (w.shape[0],))):
         return None
     spatial = tuple(x.shape[2:])
     if m.padding != "same":
@@ -101,7 +106,8 @@ QUICK: dict[Callable[..., Any], Callable[[nn.Module, torch.Tensor], Shape]] = {
     )},
 }
 """One-tensor `forward` methods whose output shape is worked out without a kernel (None: the
-layer runs on meta if heavy, else for real). Matched by the method, as `HEAVY` is."""
+layer runs on meta if heavy, else for real; REAL: for real). Matched by the method, as `HEAVY`
+is."""
 
 
 class _Scratch:
@@ -119,17 +125,6 @@ class _Scratch:
     def made(self, t: torch.Tensor) -> torch.Tensor:
         self._refs[id(t)] = weakref.ref(t)
         return t
-
-
-def _quick(scratch: _Scratch, module: nn.Module, quick: Callable[[nn.Module, torch.Tensor], Shape],
-           x: torch.Tensor) -> torch.Tensor | None:
-    """The output of `module(x)` from its quick path (None where it declines)."""
-    shape = quick(module, x)
-    if shape is None:
-        return None
-    if shape is SAME:
-        return x if getattr(module, "inplace", False) or x in scratch else scratch.made(torch.zeros_like(x))
-    return scratch.made(torch.zeros(shape, dtype=x.dtype, device=x.device))
 
 
 _PATCHED = HEAVY | QUICK.keys()
@@ -158,13 +153,18 @@ def _meta_weights(module: nn.Module) -> Iterator[None]:
 
 def _shape_only(scratch: _Scratch, module: nn.Module, forward: Callable[..., Any], *args: Any,
                 **kwargs: Any) -> Any:
-    """`forward(module, …)`'s output from its quick path, else from a meta run (turned into
+    """`forward(module, …)`'s output from its quick path (zeros of the shape it gives; the input
+    itself where it works in place or is zeros of this run), else from a meta run (turned into
     zeros where the inputs live) for a heavy layer, else from a real run."""
     quick = QUICK.get(forward)
-    if quick is not None and len(args) == 1 and not kwargs and isinstance(args[0], torch.Tensor):
-        out = _quick(scratch, module, quick, args[0])
-        if out is not None:
-            return out
+    if quick is not None and len(args) == 1 and not kwargs and isinstance(x := args[0], torch.Tensor):
+        shape = quick(module, x)
+        if shape is REAL:
+            return forward(module, x)
+        if shape is SAME:
+            return x if getattr(module, "inplace", False) or x in scratch else scratch.made(torch.zeros_like(x))
+        if shape is not None:
+            return scratch.made(torch.zeros(shape, dtype=x.dtype, device=x.device))
     if forward not in HEAVY:
         return forward(module, *args, **kwargs)
     tensors = [t for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)]

@@ -95,12 +95,16 @@ def test_quick_paths_give_a_real_runs_shape_dtype_and_strides(layer, shape):
     (nn.Conv2d(4, 6, 3), (1, 5, 8, 8)),  # input width
     (nn.Conv2d(4, 6, 5), (1, 4, 3, 3)),  # kernel larger than the input
     (nn.Conv2d(4, 6, 3), (4, 8, 8)),  # unbatched: left to the kernel
+    (nn.Conv2d(4, 6, 3, groups=2), (1, 4, 8, 8)),  # outputs no longer split into the groups
+    (nn.Conv1d(2, 2, 5, padding=4, padding_mode="reflect"), (1, 2, 3)),  # padding wider than the input
     (nn.Linear(5, 3), (2, 4)),
     (nn.BatchNorm2d(4), (2, 5, 3, 3)),
     (nn.BatchNorm2d(4), (2, 4, 3)),  # wrong rank
 ])
 def test_quick_paths_decline_what_the_kernel_must_judge(layer, shape):
     layer.eval()
+    if isinstance(layer, nn.Conv2d) and layer.groups == 2:
+        layer.weight = nn.Parameter(layer.weight[:5])
     x = torch.randn(shape)
     try:
         real = layer(x)
