@@ -228,6 +228,12 @@ class _Shapes(fx.Interpreter):
     """fx's ShapeProp without its extras (a traceback printed on every failure, the memory-format
     search): `tensor_meta` on every node that gives tensors."""
 
+    def fetch_attr(self, target: str) -> Any:
+        """Submodules from the path index the Interpreter builds anyway: its own walk down each
+        dotted path, through `Module.__getattr__`, cost efficientnet_b0's shape run 2-3 of 10 ms."""
+        found = self.submodules.get(target)
+        return found if found is not None else super().fetch_attr(target)
+
     def run_node(self, n: fx.Node) -> Any:
         result = super().run_node(n)
         meta = tensor_meta(result)
