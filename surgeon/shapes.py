@@ -8,14 +8,15 @@ gives; everything else runs for real on them. The commonest layers skip even the
 dispatch: a convolution or linear layer on a plain contiguous input has its output shape
 worked out here (after the checks its kernel makes), and eval-mode batch norms and activations
 hand on zeros of their input's shape. A layer whose meta run raises (a hook reading values, an
-unusual argument) or whose quick path declines runs for real, so every error is a real one.
+unusual argument) runs for real, and so does a call the meta kernel would let through and the
+real one rejects, so every error is a real one.
 """
 from __future__ import annotations
 
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import partial
-import weakref
 from typing import Any, Callable, TypeVar
 
 import torch
