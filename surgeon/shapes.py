@@ -55,13 +55,22 @@ lets it through)."""
 Shape = tuple[int, ...] | str | None
 
 
+def _widths_fit(m: nn.Module, x: torch.Tensor, inputs: int, outputs: int) -> bool:
+    """A conv's weight, groups and bias agree with each other and with `x`'s channels (batched
+    or not): `inputs` / `outputs` are the channel counts its weight says. The meta kernels check
+    none of this but the input width of a plain conv, so what fails here runs for real."""
+    b = m.bias
+    return (x.dim() in (m.weight.dim() - 1, m.weight.dim()) and x.shape[x.dim() - m.weight.dim() + 1] == inputs
+            and inputs % m.groups == 0 and outputs % m.groups == 0 and (b is None or tuple(b.shape) == (outputs,)))
+
+
 def _conv(m: nn.Module, x: torch.Tensor) -> Shape:
-    """`Conv{1,2,3}d`'s output shape, or None where its meta kernel must decide."""
-    w, b = m.weight, m.bias
-    if w.shape[0] % m.groups:  # outputs that do not split into the groups: meta does not see it
+    """`Conv{1,2,3}d`'s output shape; REAL where its widths do not fit, None where its meta
+    kernel must work out the shape."""
+    w = m.weight
+    if not _widths_fit(m, x, w.shape[1] * m.groups, w.shape[0]):
         return REAL
-    if (not _plain(x, w, b) or m.padding_mode != "zeros" or x.dim() != w.dim()
-            or x.shape[1] != w.shape[1] * m.groups or (b is not None and tuple(b.shape) != (w.shape[0],))):
+    if not _plain(x, w, m.bias) or m.padding_mode != "zeros" or x.dim() != w.dim():
         return None
     spatial = tuple(x.shape[2:])
     if m.padding != "same":
@@ -69,6 +78,12 @@ def _conv(m: nn.Module, x: torch.Tensor) -> Shape:
         spatial = tuple((n + 2 * p - d * (k - 1) - 1) // s + 1 for n, p, d, k, s
                         in zip(spatial, padding, m.dilation, w.shape[2:], m.stride))
     return (x.shape[0], w.shape[0], *spatial) if min(spatial, default=1) >= 1 else None
+
+
+def _conv_transpose(m: nn.Module, x: torch.Tensor) -> Shape:
+    """REAL where a `ConvTranspose{1,2,3}d`'s widths do not fit, else None (its meta kernel
+    works out the shape: output padding, output size)."""
+    return None if _widths_fit(m, x, m.weight.shape[0], m.weight.shape[1] * m.groups) else REAL
 
 
 def _linear(m: nn.Module, x: torch.Tensor) -> Shape:
@@ -99,6 +114,7 @@ def _pointwise(m: nn.Module, x: torch.Tensor) -> Shape:
 
 QUICK: dict[Callable[..., Any], Callable[[nn.Module, torch.Tensor], Shape]] = {
     **{cls.forward: _conv for cls in (nn.Conv1d, nn.Conv2d, nn.Conv3d)},
+    **{cls.forward: _conv_transpose for cls in (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)},
     nn.Linear.forward: _linear,
     **{cls.forward: _batch_norm for cls in (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)},
     **{cls.forward: _pointwise for cls in (

@@ -135,6 +135,49 @@ def test_zeros_are_handed_on_but_the_callers_tensors_never_are():
     assert bn_x is not x and torch.count_nonzero(bn_x) == 0 and torch.equal(x, before)
 
 
+def _narrowed(layer: nn.Module, attr: str, index: tuple) -> nn.Module:
+    """`layer` with parameter `attr` cut to `index`: the inconsistent layer a bad rebuild makes."""
+    owner, _, name = attr.rpartition(".")
+    target = layer.get_submodule(owner)
+    setattr(target, name, nn.Parameter(getattr(target, name).detach()[index]))
+    return layer
+
+
+INCONSISTENT = {
+    "conv bias": (lambda: _narrowed(nn.Conv2d(4, 6, 3), "bias", slice(5)), (1, 4, 5, 5)),
+    "conv groups": (lambda: _narrowed(nn.Conv2d(4, 6, 3, groups=2), "weight", slice(5)), (1, 4, 5, 5)),
+    "conv inputs": (lambda: _narrowed(nn.Conv2d(4, 6, 3, groups=2), "weight", (slice(None), slice(1))), (1, 4, 5, 5)),
+    "unbatched conv bias": (lambda: _narrowed(nn.Conv1d(4, 6, 3), "bias", slice(5)), (4, 9)),
+    "transposed conv groups": (lambda: _narrowed(nn.ConvTranspose2d(4, 6, 3, groups=2), "weight", slice(3)), (1, 4, 5, 5)),
+    "transposed conv bias": (lambda: _narrowed(nn.ConvTranspose2d(4, 6, 3), "bias", slice(5)), (1, 4, 5, 5)),
+    "transposed conv inputs": (lambda: nn.ConvTranspose2d(4, 6, 3), (1, 5, 5, 5)),
+    "linear bias": (lambda: _narrowed(nn.Linear(4, 6), "bias", slice(5)), (2, 4)),
+    "batch norm weight": (lambda: _narrowed(nn.BatchNorm2d(4), "weight", slice(3)), (1, 4, 3, 3)),
+    "attention in_proj": (lambda: _narrowed(nn.MultiheadAttention(8, 2, batch_first=True), "in_proj_weight", slice(20)), (1, 3, 8)),
+    "attention out_proj": (lambda: _narrowed(nn.MultiheadAttention(8, 2, batch_first=True), "out_proj.weight",
+                                             (slice(None), slice(6))), (1, 3, 8)),
+}
+
+
+@pytest.mark.parametrize("name", INCONSISTENT)
+def test_an_inconsistent_layer_fails_the_shape_only_run_as_it_fails_for_real(name):
+    """The check after a rebuild runs shape-only: it must catch every layer whose weights no
+    longer fit together, although meta kernels check little (a conv's bias, a transposed conv's
+    widths and groups)."""
+    build, shape = INCONSISTENT[name]
+    layer, x = build().eval(), torch.randn(shape)
+
+    def call() -> torch.Tensor:
+        with torch.no_grad():
+            return layer(x, x, x, need_weights=False) if isinstance(layer, nn.MultiheadAttention) else layer(x)
+
+    with pytest.raises((RuntimeError, ValueError, AssertionError)) as real:
+        call()
+    with shapes_only(layer), pytest.raises(type(real.value)) as fast:
+        call()
+    assert str(fast.value) == str(real.value)
+
+
 def test_a_width_mismatch_raises_the_real_error():
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Conv2d(5, 2, 1))
     with pytest.raises(RuntimeError) as real:
