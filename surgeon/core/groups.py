@@ -123,7 +123,7 @@ class Coupling:
         space_of = np.full(self.n_units, -1, dtype=np.int64)
         space_of[pairs[:, 0]] = pairs[:, 1]
         for rows in constraints:
-            spaces = np.unique(space_of[np.concatenate(rows)])
+            spaces = distinct(space_of[np.concatenate(rows)])
             spaces = spaces[spaces >= 0].tolist()
             graph.add_edges_from(zip(spaces[:-1], spaces[1:]))
         return graph

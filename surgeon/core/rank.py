@@ -78,14 +78,16 @@ def _powered_sums(t: torch.Tensor, dims: list[int], p: int) -> list[torch.Tensor
         x = power(flat.to(dtype))
         lead, tail = (x.sum(1) if 0 in dims else None), (x.sum(0) if any(dims) else None)
     else:
-        lead = torch.empty(rows, dtype=dtype, device=t.device)
-        tail = torch.zeros(width, dtype=dtype, device=t.device)
+        lead = torch.empty(rows, dtype=dtype, device=t.device) if 0 in dims else None
+        tail = torch.zeros(width, dtype=dtype, device=t.device) if any(dims) else None
         buffer = torch.empty(step, width, dtype=dtype, device=t.device)
         for start in range(0, rows, step):
             block = flat[start:start + step]
             x = power(block.to(dtype), out=buffer[:block.shape[0]])
-            lead[start:start + step] = x.sum(1)
-            tail += x.sum(0)
+            if lead is not None:
+                lead[start:start + step] = x.sum(1)
+            if tail is not None:
+                tail += x.sum(0)
     return [lead if dim == 0 else tail.reshape(math.prod(t.shape[1:dim]), -1).sum(0).reshape(t.shape[dim], -1).sum(1)
             for dim in dims]
 
