@@ -235,7 +235,10 @@ class _Shapes(fx.Interpreter):
         return found if found is not None else super().fetch_attr(target)
 
     def run_node(self, n: fx.Node) -> Any:
-        result = super().run_node(n)
+        """The node's op on its inputs (without the Interpreter's current-node bookkeeping for
+        tracers, a tenth of a shape run), its `tensor_meta` recorded."""
+        args, kwargs = self.fetch_args_kwargs_from_env(n)
+        result = getattr(self, n.op)(n.target, args, kwargs)
         meta = tensor_meta(result)
         if meta is not None:
             n.meta["tensor_meta"] = meta
