@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 import torchvision
@@ -251,6 +252,28 @@ def test_train_only_branch_needs_inputs_it_accepts():
     with pytest.raises(surgeon.TraceError, match="train-mode graph"):
         surgeon.plan(model, 0.5, torch.randn(1, 3, 224, 224))
     assert surgeon.plan(model, 0.5).removed  # inferred inputs: 299×299
+
+
+@pytest.mark.parametrize("importance", ["l2", "l1"])
+def test_one_dimensional_parameters_scored_together_score_as_one_by_one(monkeypatch, importance):
+    """Norm affines and biases are powered in one concatenation (mixed dtypes promoted): the
+    scores equal those of each tensor on its own, bit for bit."""
+    from surgeon.config import make_config
+    from surgeon.core import rank
+    from surgeon.core.groups import Coupling
+    from surgeon.core.propagate import propagate
+    from surgeon.core.trace import trace
+
+    mixed = [torch.randn(5, dtype=torch.bfloat16), torch.randn(3), torch.randn(2, 2)]
+    got = rank._entry_scores(mixed, 2)
+    assert got[2] is None and [a.dtype for a in got[:2]] == [np.float64] * 2
+    assert all(np.array_equal(a, t.float().square().double().numpy()) for a, t in zip(got, mixed[:2]))
+    model = small_resnet().eval()
+    graphs = trace(model, surgeon.util.Inputs((X,)))
+    coupling = Coupling(propagate(model, graphs, make_config(0.5, {}), keep={}))
+    together = rank.score_units(model, coupling, importance)
+    monkeypatch.setattr(rank, "_entry_scores", lambda tensors, p: None)
+    assert np.array_equal(together, rank.score_units(model, coupling, importance))
 
 
 @pytest.mark.parametrize("shape, dim", [((7, 5, 3, 3), 0), ((7, 5, 3, 3), 1), ((300, 70000), 1),

@@ -4,6 +4,7 @@ the user's model bit-identical afterwards (parameters, buffers, attributes, hook
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 import torch
@@ -68,11 +69,13 @@ def refused(model: nn.Module, error: type[Exception], match: str, *args, **kw) -
 # weights -------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
-def test_non_finite_weights_are_refused(value):
+@pytest.mark.parametrize("name, index", [("b.weight", (3, 0, 0, 0)), ("na.weight", (5,)), ("c.bias", (2,))])
+def test_non_finite_weights_are_refused(value, name, index):
+    """Whole tensors and 1-D ones (ranked together, in one concatenation) name the culprit."""
     model = Net().eval()
     with torch.no_grad():
-        model.b.weight[3, 0, 0, 0] = value
-    refused(model, surgeon.InputError, r"'b\.weight' holds NaN or Inf.*meaningless", 0.5, X)
+        model.get_parameter(name)[index] = value
+    refused(model, surgeon.InputError, rf"'{re.escape(name)}' holds NaN or Inf.*meaningless", 0.5, X)
 
 
 def test_non_finite_weights_need_no_ranking_with_random_importance():

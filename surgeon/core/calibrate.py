@@ -6,7 +6,8 @@ atoms of a space its own parameters create and its activation inputs do not (a c
 an attention layer — not a BatchNorm, an add or a reshape). Each labelled dimension of such an
 input is reduced over every other dimension: per index, the mean and the variance (`Site`).
 Units inside a leaf layer that no graph tensor carries (attention heads before the output
-projection) are read at the input of the `F.linear` whose weight columns they own. One pass
+projection, a squeeze-excitation block's squeeze channels) are read at the input of the
+`F.linear` or convolution whose weight columns they own. One pass
 per batch runs the traced graph (`fx.Interpreter`, the labels of `propagate` on every node);
 a gradient criterion adds one forward + backward of the model itself on detached copies of
 its parameters, so the model's parameters, `.grad`, `requires_grad`, buffers and modes are
@@ -128,9 +129,10 @@ class Moments:
 
 
 class _Watch(TorchDispatchMode):
-    """Reads the input of every matrix product by one of `weights` (`F.linear` runs as `mm` /
-    `addmm` on the transposed weight): weights are keyed by their storage, with their shape.
-    A dispatch mode sees the calls nested in a leaf's functions (`F.multi_head_attention_forward`)."""
+    """Reads the input of every matrix product and convolution by one of `weights` (`F.linear`
+    runs as `mm` / `addmm` on the transposed weight; a conv reads its input channels in dim 1):
+    weights are keyed by their storage, with their shape. A dispatch mode sees the calls nested
+    in a leaf's functions (`F.multi_head_attention_forward`, a squeeze-excitation block)."""
 
     def __init__(self, weights: dict[int, tuple[tuple[int, ...], Moments]]) -> None:
         super().__init__()
@@ -142,6 +144,11 @@ class _Watch(TorchDispatchMode):
             shape, moments = self.weights.get(w.untyped_storage().data_ptr(), ((), None))
             if moments is not None and tuple(w.shape) == shape[::-1]:
                 moments.add(x, x.dim() - 1)
+        elif func is aten.convolution.default:
+            x, w = args[:2]
+            shape, moments = self.weights.get(w.untyped_storage().data_ptr(), ((), None))
+            if moments is not None and tuple(w.shape) == shape:
+                moments.add(x, 1)
         return func(*args, **(kwargs or {}))
 
 
@@ -225,7 +232,18 @@ def own_values(name: str, t: torch.Tensor) -> torch.Tensor:
 
 
 def _leaf_norm(name: str, t: torch.Tensor, value: Values) -> np.ndarray:
-    return value(name, t).detach().float().square().sum(0).double().cpu().numpy()
+    """Per input feature of a Linear's or an ungrouped conv's weight, its squared norm."""
+    w = value(name, t).detach().float()
+    return w.square().sum([d for d in range(w.dim()) if d != 1]).double().cpu().numpy()
+
+
+def _read_inside(model: nn.Module, name: str, t: torch.Tensor) -> bool:
+    """A weight inside a leaf whose input features a site can read: a Linear's, or an
+    ungrouped, untransposed conv's (one input channel per column of dim 1)."""
+    if t.dim() == 2:
+        return True
+    owner = model.get_submodule(name.rpartition(".")[0])
+    return isinstance(owner, nn.modules.conv._ConvNd) and not owner.transposed and owner.groups == 1
 
 
 def plan_sites(model: nn.Module, gm: fx.GraphModule, coupling: Coupling) -> tuple[dict, dict, set, list]:
@@ -248,10 +266,11 @@ def plan_sites(model: nn.Module, gm: fx.GraphModule, coupling: Coupling) -> tupl
         inputs = [a for a in dict.fromkeys(node.all_input_nodes) if a.op != "get_attr"]
         seen = np.concatenate([atoms_in(a for lab in iter_labels(i.meta.get(LABELS)) for a in lab) for i in inputs] or [out[:0]])
         created = out[active[out]] if out.size else out
-        if not np.setdiff1d(created, seen).size:
+        creates = np.setdiff1d(created, seen).size > 0
+        if not creates and node.op != "call_module":
             continue
         reads = _reads(model, node)
-        for arg in inputs:
+        for arg in inputs if creates else ():
             lab = arg.meta.get(LABELS)
             for dim, atoms in enumerate(lab if isinstance(lab, Labels) else ()):
                 if atoms is not None and can_go[np.where(atoms >= 0, coupling.unit[np.maximum(atoms, 0)], -1)].any():
@@ -260,10 +279,10 @@ def plan_sites(model: nn.Module, gm: fx.GraphModule, coupling: Coupling) -> tupl
                     described.append((node.name, dim, atoms, moments, partial(_out_norm, coupling, reads, names, atoms)))
         if node.op != "call_module":
             continue
-        visible = set(coupling.unit[seen].tolist())
+        read_here = set(coupling.unit[seen].tolist()) if creates else set()  # by the graph sites above
         for name, t in reads.items():
             idx = dg.by_key.get((names.get(id(t)), 1))
-            if t.dim() == 2 and idx is not None and not visible & set(coupling.units_of(dg.spaces[idx]).tolist()) \
+            if idx is not None and _read_inside(model, names[id(t)], t) and not read_here & set(coupling.units_of(dg.spaces[idx]).tolist()) \
                     and can_go[coupling.units_of(dg.spaces[idx])].any():
                 atoms = dg.spaces[idx].atoms
                 leaves.add(node.name)

@@ -119,13 +119,36 @@ def score_units(model: nn.Module, coupling: Coupling, importance: Importance = "
         return data_scores(importance, stats)
     params = dict(model.named_parameters())
     score = np.zeros(n, dtype=np.float64)
-    for name, spaces in weight_spaces(model, coupling).items():
+    ranked = weight_spaces(model, coupling)
+    entries = _entry_scores([params[k] for k in ranked], 1 if importance == "l1" else 2) \
+        if read is None and importance in ("l1", "l2") else None
+    for i, (name, spaces) in enumerate(ranked.items()):
         t = params[name] if read is None else read(name)
-        for sp, scores in zip(spaces, _checked(t, name, [sp.dim for sp in spaces], importance)):
+        found = [entries[i]] if entries is not None and entries[i] is not None \
+            else _checked(t, name, [sp.dim for sp in spaces], importance)
+        for sp, scores in zip(spaces, found):
             np.add.at(score, coupling.units_of(sp), scores)
         if advance is not None:
             advance()
     return np.sqrt(score) if importance == "l2" else score
+
+
+def _entry_scores(tensors: list[torch.Tensor], p: int) -> list[np.ndarray | None] | None:
+    """|x|ᵖ of each entry of the 1-D tensors (norm affines and biases: most of a CNN's ranked
+    parameters, 130 of efficientnet_b0's 212), computed for all of them at once: one by one,
+    each costs the dispatches of `_powered_sums` for a few hundred numbers. None (each tensor
+    then goes through `_checked`) when they do not share one device with values, or when a
+    value is not finite, so that the error names the tensor."""
+    flat = [t.detach() for t in tensors if t.dim() == 1]
+    if not flat or len({t.device for t in flat}) > 1 or flat[0].is_meta:
+        return None
+    joined = torch.cat(flat)
+    joined = joined.to(torch.promote_types(joined.dtype, torch.float32))
+    powered = (joined.abs() if p == 1 else joined.square()).double().cpu().numpy()
+    if not np.isfinite(powered).all():
+        return None
+    parts = iter(np.split(powered, np.cumsum([t.numel() for t in flat])[:-1]))
+    return [next(parts) if t.dim() == 1 else None for t in tensors]
 
 
 def weight_spaces(model: nn.Module, coupling: Coupling) -> dict[str, list]:

@@ -1,5 +1,6 @@
 """torchvision: its attention layers (Swin V1/V2, MaxViT), `FrozenBatchNorm2d` (per channel,
-as BatchNorm) and the ops fx keeps opaque.
+as BatchNorm), the squeeze-excitation block (one call: a third fewer graph nodes on
+EfficientNet, MobileNet-V3 and RegNet-Y) and the ops fx keeps opaque.
 
 A head takes its q/k/v rows, output-projection columns and per-head tables with it: Swin's
 `relative_position_bias_table` column, Swin V2's `logit_scale` entry and continuous position
@@ -16,7 +17,7 @@ from torchvision.models.swin_transformer import (
     ShiftedWindowAttention, ShiftedWindowAttentionV2, _patch_merging_pad,
 )
 from torchvision.models.vision_transformer import EncoderBlock
-from torchvision.ops.misc import FrozenBatchNorm2d
+from torchvision.ops.misc import FrozenBatchNorm2d, SqueezeExcitation
 from torchvision.ops.stochastic_depth import StochasticDepth, stochastic_depth
 
 from ..core.labels import Labels
@@ -25,9 +26,10 @@ from ..layers.vision import (
 )
 from .attention import fused_attention
 from .context import Ctx
-from .registry import register, resizer
+from .registry import lookup, register, resizer
+from .torch.pointwise import pointwise
 
-__all__ = ["swin_attention", "swin_v2_attention", "maxvit_attention", "frozen_batch_norm", "per_sample",
+__all__ = ["swin_attention", "swin_v2_attention", "maxvit_attention", "frozen_batch_norm", "squeeze_excitation", "per_sample",
            "patch_merging_pad"]
 
 _SLIM = {
@@ -94,6 +96,39 @@ def frozen_batch_norm(ctx: Ctx) -> Labels:
     x = ctx.lab(ctx.arg(0, "x"))
     for attr in ("weight", "bias", "running_mean", "running_var"):
         ctx.bind(attr, 0, x[1])
+    return x
+
+
+def _squeeze_unsupported(m: SqueezeExcitation) -> str | None:
+    if type(m)._scale is not SqueezeExcitation._scale:
+        return "its _scale is overridden"
+    if type(m.avgpool) is not nn.AdaptiveAvgPool2d or m.avgpool.output_size not in (1, (1, 1)):
+        return "its avgpool is not a global average pool"
+    if any(type(c) is not nn.Conv2d or c.groups != 1 or c.kernel_size != (1, 1) for c in (m.fc1, m.fc2)):
+        return "fc1 / fc2 are not plain 1×1 convolutions"
+    if any(lookup(a) is not pointwise for a in (m.activation, m.scale_activation)):
+        return "an activation that is not elementwise"
+    return None
+
+
+@register(SqueezeExcitation)
+def squeeze_excitation(ctx: Ctx) -> Labels:
+    """torchvision's SE block, one call: `x · σ(fc2(δ(fc1(avgpool(x)))))`. The squeeze
+    channels (fc1 rows, fc2 columns) are a group of their own; fc1 reads and fc2 writes the
+    channels of `x`, which pass through. Kept as one node, the block costs the trace one call
+    instead of six (a third of EfficientNet's graph)."""
+    x = ctx.lab(ctx.arg(0, "input"))
+    if why := _squeeze_unsupported(ctx.module):
+        ctx.freeze(x, f"SqueezeExcitation: {why}")
+        for attr in ("fc1.weight", "fc2.weight"):
+            ctx.freeze(ctx.param(attr, 0), f"SqueezeExcitation: {why}")
+        return x
+    ctx.bind("fc1.weight", 1, x[1])
+    squeeze = ctx.param("fc1.weight", 0, active=True)
+    ctx.bind("fc1.bias", 0, squeeze)
+    ctx.bind("fc2.weight", 1, squeeze)
+    ctx.bind("fc2.weight", 0, x[1])
+    ctx.bind("fc2.bias", 0, x[1])
     return x
 
 

@@ -1,0 +1,100 @@
+"""torchvision's squeeze-excitation block (EfficientNet, MobileNet-V3, RegNet-Y) is one call with
+its own handler: its squeeze channels are a group, its input channels pass through — and the
+plans, calibration statistics and bias compensation equal those of the block traced through."""
+from __future__ import annotations
+
+import warnings
+from functools import partial
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.ops.misc import SqueezeExcitation
+
+import surgeon
+from surgeon.core import trace
+from surgeon.ops import load_optional, registry
+from util import liven, roundtrip
+
+X = torch.randn(2, 3, 24, 24)
+
+
+class SENet(nn.Module):
+    def __init__(self, se: nn.Module | None = None) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.SiLU())
+        self.se = se if se is not None else SqueezeExcitation(16, 6, activation=nn.SiLU)
+        self.mid = nn.Conv2d(16, 12, 3, padding=1)
+        self.se2 = SqueezeExcitation(12, 4, scale_activation=nn.Hardsigmoid)
+        self.head = nn.Linear(12, 5)
+
+    def forward(self, x):
+        x = F.relu(self.mid(self.se(self.stem(x))))
+        return self.head(self.se2(x).mean((2, 3)))
+
+
+def _summary(p: surgeon.Plan) -> tuple:
+    cuts = sorted((c.tensor, c.dim, c.remove) for c in p.cuts)
+    shifts = sorted((s.module, s.index, tuple(round(m, 6) for m in s.mean)) for s in p.shifts)
+    return cuts, shifts
+
+
+def test_squeeze_excitation_is_one_call_that_plans_as_traced_through(monkeypatch):
+    model = liven(SENet().eval(), X)
+    graph = trace.trace(model, surgeon.util.Inputs((X,)))[0].graph
+    assert [n.target for n in graph.nodes if n.op == "call_module" and n.target.startswith("se")] == ["se", "se2"]
+    batches = [torch.randn(4, 3, 24, 24) for _ in range(2)]
+    kinds = {"l2": {}, "activation": {"calibration": batches, "compensate": True},
+             "fluctuation": {"calibration": batches}}
+    one_call = {k: _summary(surgeon.plan(model, 0.5, X, importance=k, **kw)) for k, kw in kinds.items()}
+    assert all(one_call[k][1] for k in ("activation",)), "compensation found no layer"
+    assert any(t.startswith("se.fc1.weight") and d == 0 for t, d, _ in one_call["l2"][0]), "squeeze channels kept"
+    monkeypatch.delitem(registry._HANDLERS, SqueezeExcitation)
+    traced_through = {k: _summary(surgeon.plan(model, 0.5, X, importance=k, **kw)) for k, kw in kinds.items()}
+    assert one_call == traced_through
+
+
+def test_squeeze_excitation_roundtrip_with_compensation():
+    model = liven(SENet().eval(), X)
+    slim, report = roundtrip(model, X, 0.5, importance="activation", calibration=[X], compensate=True)
+    assert slim.se.fc1.out_channels == slim.se.fc1.weight.shape[0] == 3
+    assert slim.se.fc2.in_channels == 3 and slim.se.fc1.in_channels == slim.stem[0].out_channels == 8
+    assert report.compensated
+
+
+class _OwnScale(SqueezeExcitation):
+    def _scale(self, input):
+        return torch.sigmoid(self.fc2(self.fc1(self.avgpool(input))))
+
+
+def _max_pooled() -> SqueezeExcitation:
+    se = SqueezeExcitation(16, 6)
+    se.avgpool = nn.AdaptiveMaxPool2d(1)
+    return se
+
+
+def _grouped() -> SqueezeExcitation:
+    se = SqueezeExcitation(16, 6)
+    se.fc1 = nn.Conv2d(16, 6, 1, groups=2)
+    return se
+
+
+@pytest.mark.parametrize("make, why", [
+    (lambda: SqueezeExcitation(16, 6, activation=partial(nn.Softmax, dim=1)), "not elementwise"),
+    (lambda: SqueezeExcitation(16, 6, scale_activation=partial(nn.Softmax, dim=1)), "not elementwise"),
+    (_max_pooled, "not a global average pool"),
+    (_grouped, "not plain 1×1 convolutions"),
+    (lambda: _OwnScale(16, 6), "_scale is overridden"),
+], ids=["activation", "scale_activation", "max_pool", "grouped", "own_scale"])
+def test_an_unusual_squeeze_excitation_keeps_its_channels_and_says_why(make, why):
+    load_optional()
+    model = liven(SENet(make()).eval(), X)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        slim, _ = roundtrip(model, X, 0.5)
+    assert slim.se.fc1.weight.shape == model.se.fc1.weight.shape
+    assert slim.stem[0].out_channels == 16
+    frozen = " ".join(w for g in slim.surgeon_plan.groups for w in g.frozen_why)
+    assert "SqueezeExcitation: " in frozen and why in frozen
+    assert slim.se2.fc1.out_channels == 2, "the usual block beside it is still pruned"
