@@ -240,3 +240,27 @@ def test_unused_data_is_warned_about():
 def test_calibration_runs_once_over_a_one_shot_iterator():
     p = surgeon.plan(toy(), 0.2, X, importance="activation", calibration=iter(batches()))
     assert 2 in removed(p, "fc1.weight")
+
+
+class _Constants(nn.Module):
+    """Tensors that are neither parameters nor buffers: a plain attribute of the model and of
+    a submodule, and one made in `forward` (fx stores all three as graph constants)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c, self.d = nn.Conv2d(3, 8, 3), nn.Conv2d(8, 4, 1)
+        self.k = torch.full((1, 1, 1, 1), 2.0)
+        self.inner = nn.Module()
+        self.inner.k = torch.tensor(0.5)
+
+    def forward(self, x):
+        y = self.c(x) * self.k * self.inner.k + torch.tensor(1.0)
+        return self.d(torch.relu(y)).mean((2, 3))
+
+
+def test_graph_constants_are_found_by_every_run_of_the_graph():
+    model = liven(_Constants().eval(), torch.randn(2, 3, 12, 12))
+    x = torch.randn(4, 3, 12, 12)
+    slim = surgeon.slim(model, 0.5, x, importance="activation", calibration=[x], compensate=True)
+    assert slim.c.out_channels == 4 and not hasattr(model, "_tensor_constant0")
+    assert surgeon.verify(model, slim).ok

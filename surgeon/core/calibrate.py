@@ -172,8 +172,8 @@ class _Runner(fx.Interpreter):
     def fetch_attr(self, target: str) -> Any:
         try:
             return super().fetch_attr(target)
-        except AttributeError:  # a constant the tracer made (torch.export's lifted tensors)
-            return fx.Interpreter(self.gm).fetch_attr(target)
+        except (AttributeError, RuntimeError):  # a constant the tracer made: fx's `torch.tensor(…)`
+            return fx.Interpreter(self.gm).fetch_attr(target)  # in forward, torch.export's lifted tensors
 
     def run_node(self, n: fx.Node) -> Any:
         for arg, dim, moments in self.sites.get(n.name, ()):

@@ -97,7 +97,7 @@ def _trace_once(model: nn.Module, leaf_modules: Sequence[type | str], *,
         graph = tracer.trace(model)
         if like is not None and _same(like, graph):
             return None
-        return _GraphModule(tracer.root, graph, type(model).__name__)  # copies traced constants
+        return _over(model, graph, {k: v for k, v in vars(model).items() if k not in before})
     except Exception as e:
         where = f" inside module '{tracer.failed_in}'" if tracer.failed_in else ""
         error = TraceError(f"torch.fx could not trace {type(model).__name__}{where}{_where(e)}: "
@@ -107,6 +107,23 @@ def _trace_once(model: nn.Module, leaf_modules: Sequence[type | str], *,
     finally:  # fx stores tensors computed while tracing (`_tensor_constant0`) on the model
         for key in set(vars(model)) - before:
             delattr(model, key)
+
+
+def _over(model: nn.Module, graph: fx.Graph, constants: dict[str, Any]) -> fx.GraphModule:
+    """A GraphModule running `graph` on `model`'s own submodules, parameters and buffers
+    (shared, not copied: fx's constructor rebuilds the dotted path of every node's target in a
+    fresh module tree, 2.7 ms of efficientnet_b0's trace), holding the constants the tracer
+    stored on the model."""
+    gm = _GraphModule({}, fx.Graph(), type(model).__name__)
+    for store in ("_modules", "_parameters", "_buffers"):
+        getattr(gm, store).update(getattr(model, store))
+    gm.__dict__.update(constants)
+    for node in graph.nodes:  # a plain tensor attribute of the model itself (not a buffer)
+        top = node.target.partition(".")[0] if node.op == "get_attr" else ""
+        if top and not hasattr(gm, top):
+            gm.__dict__[top] = getattr(model, top)
+    gm.graph = graph
+    return gm
 
 
 def _same(a: fx.GraphModule, b: fx.Graph) -> bool:
