@@ -12,7 +12,9 @@ Example::
 
 Keys are module classes (matched exactly, or through a base class whose `forward` the subclass
 does not override), callables (`call_function` targets; an ATen op matches its overload or its
-overload packet, `aten.add.Tensor` or `aten.add`) or strings (`call_method` names).
+overload packet, `aten.add.Tensor` or `aten.add`) or strings (`call_method` names). A module
+handler registered with `when=` covers only the instances it accepts; the others are traced
+through as if no handler existed.
 """
 from __future__ import annotations
 
@@ -31,16 +33,20 @@ Resizer = Callable[[nn.Module, dict], None]
 Finisher = Callable[[nn.Module, Callable[[object], None]], None]
 
 _HANDLERS: dict[Any, Handler] = {}
+_WHEN: dict[type, Callable[[nn.Module], bool]] = {}
 _RESIZERS: dict[type, Resizer] = {}
 _FINISHERS: list[Finisher] = []
 
 
-def register(*keys: Any) -> Callable[[Handler], Handler]:
-    """Register a propagation handler for module types, functions or method names."""
+def register(*keys: Any, when: Callable[[nn.Module], bool] | None = None) -> Callable[[Handler], Handler]:
+    """Register a propagation handler for module types, functions or method names; for module
+    types, `when(module)` may limit it to the instances it can describe."""
 
     def deco(fn: Handler) -> Handler:
         for key in keys:
             _HANDLERS[key] = fn
+            if when is not None:
+                _WHEN[key] = when
         return fn
 
     return deco
@@ -90,7 +96,8 @@ def lookup(target: Any) -> Handler | None:
             if base is not cls and getattr(base, "forward", None) is not cls.forward:
                 return None
             if base in _HANDLERS:
-                return _HANDLERS[base]
+                when = _WHEN.get(base)
+                return _HANDLERS[base] if when is None or when(target) else None
         return None
     try:
         found = _HANDLERS.get(target)

@@ -99,30 +99,22 @@ def frozen_batch_norm(ctx: Ctx) -> Labels:
     return x
 
 
-def _squeeze_unsupported(m: SqueezeExcitation) -> str | None:
-    if type(m)._scale is not SqueezeExcitation._scale:
-        return "its _scale is overridden"
-    if type(m.avgpool) is not nn.AdaptiveAvgPool2d or m.avgpool.output_size not in (1, (1, 1)):
-        return "its avgpool is not a global average pool"
-    if any(type(c) is not nn.Conv2d or c.groups != 1 or c.kernel_size != (1, 1) for c in (m.fc1, m.fc2)):
-        return "fc1 / fc2 are not plain 1×1 convolutions"
-    if any(lookup(a) is not pointwise for a in (m.activation, m.scale_activation)):
-        return "an activation that is not elementwise"
-    return None
+def _plain_squeeze(m: SqueezeExcitation) -> bool:
+    """The block as torchvision builds it: its own `_scale`, a global average pool, ungrouped
+    1×1 convs and elementwise activations. Any other is traced through, op by op."""
+    return (type(m)._scale is SqueezeExcitation._scale
+            and type(m.avgpool) is nn.AdaptiveAvgPool2d and m.avgpool.output_size in (1, (1, 1))
+            and all(type(c) is nn.Conv2d and c.groups == 1 and c.kernel_size == (1, 1) for c in (m.fc1, m.fc2))
+            and all(lookup(a) is pointwise for a in (m.activation, m.scale_activation)))
 
 
-@register(SqueezeExcitation)
+@register(SqueezeExcitation, when=_plain_squeeze)
 def squeeze_excitation(ctx: Ctx) -> Labels:
     """torchvision's SE block, one call: `x · σ(fc2(δ(fc1(avgpool(x)))))`. The squeeze
     channels (fc1 rows, fc2 columns) are a group of their own; fc1 reads and fc2 writes the
     channels of `x`, which pass through. Kept as one node, the block costs the trace one call
     instead of six (a third of EfficientNet's graph)."""
     x = ctx.lab(ctx.arg(0, "input"))
-    if why := _squeeze_unsupported(ctx.module):
-        ctx.freeze(x, f"SqueezeExcitation: {why}")
-        for attr in ("fc1.weight", "fc2.weight"):
-            ctx.freeze(ctx.param(attr, 0), f"SqueezeExcitation: {why}")
-        return x
     ctx.bind("fc1.weight", 1, x[1])
     squeeze = ctx.param("fc1.weight", 0, active=True)
     ctx.bind("fc1.bias", 0, squeeze)
