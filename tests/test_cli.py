@@ -220,6 +220,10 @@ def test_bench_a_saved_directory(tmp_path):
     (["slim", "resnet18", "--ratio", "0.5", "--weights", "weights.pt", "--out", "x"], "cannot read --weights"),
     (["slim", "resnet18", "--ratio", "0.5", "--input-shape", "1,a", "--out", "x"], "--input-shape '1,a'"),
     (["analyze", "timm:resnet18"], "timm is not installed: pip install timm"),
+    (["slim", "resnet18", "--ratio", "0.5", "--importance", "activation", "--out", "x"], "pass --calibration FILE"),
+    (["slim", "resnet18", "--ratio", "0.5", "--compensate", "--out", "x"], "--compensate moves removed"),
+    (["slim", "resnet18", "--ratio", "0.5", "--importance", "taylor", "--calibration", "weights.pt", "--out", "x"],
+     "cannot read --calibration weights.pt"),
 ])
 def test_errors_are_one_line_with_exit_code_2(tmp_path, args, message):
     (tmp_path / "weights.pt").write_text("not a checkpoint")
@@ -272,3 +276,47 @@ def test_checkpoint_slims_a_directory_out_of_core(tmp_path):
     assert again.model.layers[0].mlp.up_proj.out_features == 64 > again.model.layers[1].mlp.up_proj.out_features
     done = surgeon_cli("checkpoint", tmp_path / "src", "--ratio", "0.5", "--out", tmp_path / "slim")
     assert done.returncode == 2 and "exists: choose a new directory" in done.stderr
+    batches = torch.randint(0, 64, (4, 6))
+    torch.save({"input_ids": batches}, tmp_path / "ids.pt")
+    done = surgeon_cli("checkpoint", tmp_path / "src", "--ratio", "0.5", "--importance", "activation",
+                       "--calibration", tmp_path / "ids.pt", "--batch-size", "2", "--out", tmp_path / "data")
+    assert done.returncode == 0, done.stderr
+    expected = surgeon.slim(model, 0.5, {"input_ids": ids}, importance="activation",
+                            calibration=[{"input_ids": batches[:2]}, {"input_ids": batches[2:]}])
+    with torch.no_grad():
+        assert torch.equal(surgeon.load(tmp_path / "data")(ids).logits, expected(ids).logits)
+
+
+def test_slim_ranks_on_calibration_data_and_compensates(tmp_path):
+    torch.save(torch.randn(8, 3, 64, 64), tmp_path / "samples.pt")
+    done = surgeon_cli("slim", "resnet18", "--ratio", "0.5", *SMALL, "--importance", "activation", "--calibration",
+                       tmp_path / "samples.pt", "--batch-size", "4", "--compensate", "--no-onnx", "--repeats", "1",
+                       "--out", tmp_path / "out")
+    assert done.returncode == 0, done.stderr
+    assert "at ratio 0.5, ranked by activation on 2 calibration batches, removed channels' means" in done.stdout
+    options = json.loads((tmp_path / "out" / "report.json").read_text())["options"]
+    assert options["importance"] == "activation" and options["compensate"]
+    assert options["calibration"] == {"file": str(tmp_path / "samples.pt"), "batches": 2}
+    assert "biases compensated at the means" in done.stdout
+
+
+def test_calibration_files_become_batches(tmp_path):
+    from surgeon.cli.data import load_batches
+
+    x, y = torch.randn(10, 3), torch.randint(0, 4, (10,))
+    torch.save(x, tmp_path / "x.pt")
+    assert [b.shape[0] for b in load_batches(tmp_path / "x.pt", 4)] == [4, 4, 2]
+    save_file({"input_ids": x.long(), "attention_mask": torch.ones(10, 3)}, tmp_path / "kw.safetensors")
+    batches = load_batches(tmp_path / "kw.safetensors", 5)
+    assert len(batches) == 2 and set(batches[0]) == {"input_ids", "attention_mask"}
+    save_file({"inputs": x, "targets": y}, tmp_path / "pairs.safetensors")
+    (a, b), _, _ = load_batches(tmp_path / "pairs.safetensors", 4)
+    assert torch.equal(a, x[:4]) and torch.equal(b, y[:4])
+    torch.save([x[:3], x[3:]], tmp_path / "list.pt")
+    assert [b.shape[0] for b in load_batches(tmp_path / "list.pt", 1)] == [3, 7]
+    for bad, message in (({"inputs": x, "targets": y[:5]}, "same number of samples"),
+                         ({"inputs": x, "input_ids": x}, "'inputs' goes with 'targets' only"),
+                         (torch.zeros(0, 3), "no samples"), ("text", "holds str")):
+        torch.save(bad, tmp_path / "bad.pt")
+        with pytest.raises(surgeon.InputError, match=message):
+            load_batches(tmp_path / "bad.pt", 4)

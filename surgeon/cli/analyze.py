@@ -11,6 +11,7 @@ from ..core.plan import Plan
 from ..errors import InputError
 from ..stages import Stages
 from .args import config, goal, show_progress, with_ignore
+from .data import calibration
 from .dot import render, to_dot
 from .flow import layer_flow
 from .layers import collapse, cut_scope, plan_layers
@@ -52,7 +53,8 @@ def run_analyze(args: argparse.Namespace, console: Console) -> int:
         model = load_model(args)
     cfg = with_ignore(cfg, model.module, args.ignore)
     stages.close()
-    plan = analyze(model.module, model.inputs, ratio=cfg, show=not args.quiet, progress=show)
+    plan = analyze(model.module, model.inputs, ratio=cfg, calibration=calibration(args), show=not args.quiet,
+                   progress=show)
     if args.graph:
         with stages.stage("graph"):
             _graph(args, model, plan, console)

@@ -10,7 +10,7 @@ from typing import NoReturn
 
 from torch import nn
 
-from ..config import Config
+from ..config import DATA_IMPORTANCES, IMPORTANCES, Config
 from ..errors import InputError
 
 SPEC_HELP = ("torchvision:NAME (or a bare torchvision name), timm:NAME, hf:DIR, "
@@ -71,6 +71,20 @@ def _surgery(p: argparse.ArgumentParser, *, ratio: float | None) -> None:
     p.add_argument("--no-heads", action="store_true", help="keep every attention head")
 
 
+def _data(p: argparse.ArgumentParser, *, importances: tuple[str, ...] = IMPORTANCES, compensate: bool = True) -> None:
+    p.add_argument("--importance", choices=importances, default="l2",
+                   help="how units are ranked: by their weights (l2, the default; l1; random) or on "
+                   f"--calibration data ({', '.join(i for i in importances if i in DATA_IMPORTANCES)})")
+    p.add_argument("--calibration", type=Path, metavar="FILE",
+                   help="calibration samples (.safetensors or torch.save): a tensor, a dict of input "
+                   "tensors, or a list of batches")
+    p.add_argument("--batch-size", type=int, default=32, metavar="N",
+                   help="calibration samples per batch (default 32)")
+    if compensate:
+        p.add_argument("--compensate", action="store_true",
+                       help="replace each removed channel by its calibration mean in the next layer's bias")
+
+
 def parser() -> argparse.ArgumentParser:
     """The `surgeon` argument parser: `slim`, `analyze`, `checkpoint`, `bench`."""
     main = _Parser(prog="surgeon", description="Structured pruning that proves itself: slim a model, "
@@ -80,6 +94,7 @@ def parser() -> argparse.ArgumentParser:
     slim = commands.add_parser("slim", help="slim a model and write it, its ONNX file and a report")
     _common(slim)
     _surgery(slim, ratio=None)
+    _data(slim)
     slim.add_argument("--out", type=Path, required=True, metavar="DIR",
                       help="directory to write (surgeon.save format, model.onnx, report.json, report.md)")
     slim.add_argument("--overwrite", action="store_true", help="replace DIR if it exists")
@@ -88,6 +103,7 @@ def parser() -> argparse.ArgumentParser:
     analyze = commands.add_parser("analyze", help="print the coupled groups; draw them")
     _common(analyze)
     _surgery(analyze, ratio=0.5)
+    _data(analyze)
     analyze.add_argument("--graph", type=Path, action="append", default=[], metavar="FILE",
                          help="draw the dependency graph: .svg/.png/.pdf (Graphviz dot) or .dot; repeatable")
     analyze.add_argument("--scope", metavar="PREFIX", help="draw only modules under PREFIX (e.g. layer2)")
@@ -95,14 +111,14 @@ def parser() -> argparse.ArgumentParser:
     ckpt = commands.add_parser("checkpoint", help="slim a Hugging Face checkpoint directory without loading it")
     ckpt.add_argument("model", metavar="SRC", help="a Hugging Face checkpoint directory (config.json + safetensors)")
     _surgery(ckpt, ratio=None)
-    ckpt.add_argument("--importance", choices=("l2", "l1", "random"), default="l2",
-                      help="how units are ranked, from the weights read one tensor at a time (default l2)")
+    _data(ckpt, importances=("l2", "l1", "random", "activation", "fluctuation"), compensate=False)
     ckpt.add_argument("--out", type=Path, required=True, metavar="DIR", help="the slim checkpoint (must not exist)")
     ckpt.add_argument("--quiet", "-q", action="store_true", help="print nothing but errors")
     ckpt.add_argument("--debug", action="store_true", help="show tracebacks")
     bench = commands.add_parser("bench", help="params, MACs and latency before → after")
     _common(bench)
     _surgery(bench, ratio=0.5)
+    _data(bench)
     bench.add_argument("--repeats", type=int, default=30, metavar="N", help="timed runs per latency (default 30)")
     bench.add_argument("--threads", type=int, default=1, metavar="N", help="intra-op threads (default 1)")
     bench.add_argument("--onnx", action="store_true", help="also time onnxruntime")
@@ -119,7 +135,13 @@ def config(args: argparse.Namespace) -> Config:
         if args.default_ratio is None:
             raise InputError("give --ratio R (e.g. 0.5), --target-macs F or --target-params F (e.g. 0.5)")
         ratio = args.default_ratio
-    return Config(ratio, **targets, max_ratio=args.max_ratio, round_to=args.round_to, prune_heads=not args.no_heads)
+    importance, compensate = args.importance, getattr(args, "compensate", False)
+    if args.calibration is None and (importance in DATA_IMPORTANCES or compensate):
+        what = f"--importance {importance} ranks units on data" if importance in DATA_IMPORTANCES else \
+            "--compensate moves removed channels' calibration means into biases"
+        raise InputError(f"{what}: pass --calibration FILE (samples as a .safetensors or torch.save file)")
+    return Config(ratio, **targets, max_ratio=args.max_ratio, round_to=args.round_to, prune_heads=not args.no_heads,
+                  importance=importance, compensate=compensate)
 
 
 def goal(cfg: Config) -> str:

@@ -10,6 +10,7 @@ from ..api import slim
 from ..errors import InputError
 from ..stages import Stages
 from .args import config, goal, show_progress, with_ignore
+from .data import calibration
 from .costs import costs
 from .inputs import describe
 from .report import cost_table
@@ -33,7 +34,8 @@ def run_bench(args: argparse.Namespace, console: Console) -> int:
     if saved:
         small, what = model.module, f"{args.model} (saved) against the model it was slimmed from"
     else:
-        small = slim(original, with_ignore(cfg, original, args.ignore), model.inputs, progress=show)
+        small = slim(original, with_ignore(cfg, original, args.ignore), model.inputs, calibration=calibration(args),
+                     progress=show)
         what = f"{args.model} at {goal(cfg)}"
     with stages.stage("measure"):
         before = costs(original, model.inputs, repeats=args.repeats, threads=args.threads, onnx=args.onnx)

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import time
 
@@ -13,6 +12,7 @@ from ..checkpoint.model import build
 from ..checkpoint.shards import Checkpoint
 from ..errors import InputError
 from .args import config, goal, show_progress, with_ignore
+from .data import calibration
 
 __all__ = ["run_checkpoint"]
 
@@ -33,13 +33,13 @@ def _size(n: int) -> str:
 
 def run_checkpoint(args: argparse.Namespace, console: Console) -> int:
     """Run `surgeon checkpoint`: the slim checkpoint in `--out`, a summary on stdout."""
-    cfg = dataclasses.replace(config(args), importance=args.importance)
+    cfg = config(args)
     if args.out.exists():
         raise InputError(f"--out {args.out} exists: choose a new directory (a checkpoint is never overwritten)")
     if args.ignore:
         cfg = with_ignore(cfg, build(Checkpoint(args.model))[0], args.ignore)
     start = time.perf_counter()
-    slim_checkpoint(args.model, args.out, cfg, progress=show_progress(args))
+    slim_checkpoint(args.model, args.out, cfg, calibration=calibration(args), progress=show_progress(args))
     seconds = time.perf_counter() - start
     meta = json.loads((args.out / "surgeon.json").read_text())
     before, after = _count(meta["original"]), _count(meta["slim"])

@@ -70,8 +70,17 @@ def _widths(widths: dict[str, int]) -> str:
     return " · ".join(f"{k} {v}" for k, v in widths.items())
 
 
+def _how(options: dict[str, Any]) -> str:
+    """'ratio 0.5', and how units were ranked when not by their L2 norm."""
+    data = options.get("calibration")
+    how = f", ranked by {options['importance']}" if options.get("importance", "l2") != "l2" else ""
+    how += f" on {data['batches']} calibration batches" if data else ""
+    how += ", removed channels' means compensated in the biases" if options.get("compensate") else ""
+    return options["goal"] + how
+
+
 def _markdown(report: dict[str, Any]) -> str:
-    lines = [f"# {report['model']} slimmed at {report['options']['goal']}", "",
+    lines = [f"# {report['model']} slimmed at {_how(report['options'])}", "",
              f"`{report['command']}`", "", f"Inputs: {report['inputs']}. {report['groups']['pruned']} of "
              f"{report['groups']['total']} coupled groups pruned, {report['groups']['frozen']} frozen.", "",
              "| | before | after | keep |", "|---|---:|---:|---:|"]
@@ -94,7 +103,7 @@ def write_reports(directory: Path, report: dict[str, Any]) -> None:
 
 def print_summary(console: Console, report: dict[str, Any], files: list[str]) -> None:
     """What `surgeon slim` prints when it is done."""
-    console.print(f"{report['model']} → {report['out']} at {report['options']['goal']}")
+    console.print(f"{report['model']} → {report['out']} at {_how(report['options'])}")
     console.print(cost_table(report["before"], report["after"]))
     console.print(f"verify: {report['verification']['summary']}")
     console.print(_onnx_line(report["onnx"]))

@@ -17,6 +17,7 @@ from ..io import save
 from ..stages import Stages
 from .args import config, goal, show_progress, with_ignore
 from .costs import costs, write_onnx
+from .data import calibration
 from .inputs import describe
 from .report import print_summary, verification, write_reports
 from .specs import Built, load_model
@@ -47,7 +48,8 @@ def run_slim(args: argparse.Namespace, console: Console) -> int:
         model = load_model(args)
     cfg = with_ignore(cfg, model.module, args.ignore)
     stages.close()  # one live display at a time: slim shows its own stages
-    small = slim(model.module, cfg, model.inputs, progress=show)
+    batches = calibration(args)
+    small = slim(model.module, cfg, model.inputs, calibration=batches, progress=show)
     with stages.stage("verify"):
         checked = verify(model.module, small, model.inputs)
     with stages.stage("save"):
@@ -67,7 +69,9 @@ def run_slim(args: argparse.Namespace, console: Console) -> int:
         "load": _load_hint(args.out, model.built),
         "options": {"goal": goal(cfg), "ratio": cfg.ratio, "target_macs": cfg.target_macs,
                     "target_params": cfg.target_params, "max_ratio": cfg.max_ratio,
-                    "round_to": cfg.round_to, "ignore": list(cfg.ignore), "prune_heads": cfg.prune_heads},
+                    "round_to": cfg.round_to, "ignore": list(cfg.ignore), "prune_heads": cfg.prune_heads,
+                    "importance": cfg.importance, "compensate": cfg.compensate,
+                    "calibration": None if batches is None else {"file": str(args.calibration), "batches": len(batches)}},
         "before": before, "after": after,
         "keep": {k: after[k] / before[k] for k in ("params", "macs", "torch_ms") if before[k]},
         "verification": verification(checked), "onnx": onnx,
