@@ -4,7 +4,8 @@
 - `torchvision.py`, `timm.py`, `hf.py` (Hugging Face transformers): those libraries' layers,
   opaque ops and module attributes (loaded by `load_optional` once the library is imported:
   a model from a library means the library is loaded, and `import surgeon` stays light);
-- `attention.py`: head-unit helpers the attention handlers share;
+- `attention.py`: head-unit helpers the attention handlers share; `excite.py`: squeeze-excitation
+  blocks as one call;
 - `registry.py` (`register`, `resizer`, `lookup`) and `context.py` (`Ctx`, what a handler sees).
 
 A new layer type's rules go in the module of the library that defines it.

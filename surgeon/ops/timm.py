@@ -5,12 +5,16 @@ The first three fuse q/k/v into one Linear `qkv` and project with `proj`; relati
 bias tables have one column per head, which leaves with its head. `ClassAttn` has separate
 `q`, `k`, `v` Linears (the class token queries every token). BEiT's attention and `ClassAttn`
 read their head width from the input width, so once heads leave they switch to their
-`surgeon.layers.timm` subclass. Loaded once timm is imported.
+`surgeon.layers.timm` subclass. The squeeze-excitation blocks (`SqueezeExcite`, `SEModule`) and
+timm's own elementwise activations are one call each. Loaded once timm is imported.
 """
 from __future__ import annotations
 
 import numpy as np
 from timm.layers import Attention
+from timm.layers import activations as timm_activations
+from timm.layers.squeeze_excite import SEModule
+from timm.models._efficientnet_blocks import SqueezeExcite
 from timm.models.beit import Attention as BeitAttention
 from timm.models.cait import ClassAttn
 from timm.models.swin_transformer import WindowAttention
@@ -20,9 +24,12 @@ from ..core.labels import Labels
 from ..layers.timm import SlimBeitAttention, SlimClassAttn
 from .attention import embed, fused_attention, head_units, out_projection, resize_heads
 from .context import Ctx
+from .excite import plain_parts, squeeze_excite
 from .registry import register, resizer
+from .torch.pointwise import pointwise
 
-__all__ = ["attention", "window_attention", "beit_attention", "class_attention"]
+__all__ = ["attention", "window_attention", "beit_attention", "class_attention", "squeeze_excite_block",
+           "se_module"]
 
 
 @register(Attention)
@@ -81,3 +88,26 @@ def resize_class_attention(m: ClassAttn, sizes: dict) -> None:
     if "head_dim" in sizes:
         m.scale = (m.q.weight.shape[0] // m.num_heads) ** -0.5
     _switch(m, m.q.weight.shape[0], SlimClassAttn)
+
+
+@register(SqueezeExcite, when=lambda m: plain_parts((m.conv_reduce, m.conv_expand), (m.act1, m.gate)))
+def squeeze_excite_block(ctx: Ctx) -> Labels:
+    """The EfficientNet / MobileNet family's SE block as one call (`ops.excite`)."""
+    return squeeze_excite(ctx, "x", "conv_reduce", "conv_expand")
+
+
+def _plain_se_module(m: SEModule) -> bool:
+    """No max-pool branch, no norm or an eval-mode BatchNorm2d between the convs."""
+    bn_ok = type(m.bn) is nn.Identity or (type(m.bn) is nn.BatchNorm2d and not m.bn.training)
+    return not m.add_maxpool and bn_ok and plain_parts((m.fc1, m.fc2), (m.act, m.gate))
+
+
+@register(SEModule, when=_plain_se_module)
+def se_module(ctx: Ctx) -> Labels:
+    """The SE-Net block (ResNet-D/SE variants, RegNet-Y) as one call (`ops.excite`)."""
+    return squeeze_excite(ctx, "x", "fc1", "fc2", norm="bn" if isinstance(ctx.module.bn, nn.BatchNorm2d) else None)
+
+
+register(*(getattr(timm_activations, n) for n in (
+    "GELU", "GELUTanh", "HardMish", "HardSigmoid", "HardSwish", "Mish", "QuickGELU", "Sigmoid", "Swish", "Tanh",
+) if hasattr(timm_activations, n)))(pointwise)  # timm's own elementwise activations: one call each

@@ -26,8 +26,8 @@ from ..layers.vision import (
 )
 from .attention import fused_attention
 from .context import Ctx
-from .registry import lookup, register, resizer
-from .torch.pointwise import pointwise
+from .excite import plain_parts, squeeze_excite
+from .registry import register, resizer
 
 __all__ = ["swin_attention", "swin_v2_attention", "maxvit_attention", "frozen_batch_norm", "squeeze_excitation", "per_sample",
            "patch_merging_pad"]
@@ -100,28 +100,17 @@ def frozen_batch_norm(ctx: Ctx) -> Labels:
 
 
 def _plain_squeeze(m: SqueezeExcitation) -> bool:
-    """The block as torchvision builds it: its own `_scale`, a global average pool, ungrouped
-    1×1 convs and elementwise activations. Any other is traced through, op by op."""
+    """The block as torchvision builds it (its own `_scale`, a global average pool, ungrouped
+    1×1 convs, elementwise activations); any other is traced through, op by op."""
     return (type(m)._scale is SqueezeExcitation._scale
             and type(m.avgpool) is nn.AdaptiveAvgPool2d and m.avgpool.output_size in (1, (1, 1))
-            and all(type(c) is nn.Conv2d and c.groups == 1 and c.kernel_size == (1, 1) for c in (m.fc1, m.fc2))
-            and all(lookup(a) is pointwise for a in (m.activation, m.scale_activation)))
+            and plain_parts((m.fc1, m.fc2), (m.activation, m.scale_activation)))
 
 
 @register(SqueezeExcitation, when=_plain_squeeze)
 def squeeze_excitation(ctx: Ctx) -> Labels:
-    """torchvision's SE block, one call: `x · σ(fc2(δ(fc1(avgpool(x)))))`. The squeeze
-    channels (fc1 rows, fc2 columns) are a group of their own; fc1 reads and fc2 writes the
-    channels of `x`, which pass through. Kept as one node, the block costs the trace one call
-    instead of six (a third of EfficientNet's graph)."""
-    x = ctx.lab(ctx.arg(0, "input"))
-    ctx.bind("fc1.weight", 1, x[1])
-    squeeze = ctx.param("fc1.weight", 0, active=True)
-    ctx.bind("fc1.bias", 0, squeeze)
-    ctx.bind("fc2.weight", 1, squeeze)
-    ctx.bind("fc2.weight", 0, x[1])
-    ctx.bind("fc2.bias", 0, x[1])
-    return x
+    """torchvision's SE block (EfficientNet, MobileNet-V3, RegNet-Y) as one call (`ops.excite`)."""
+    return squeeze_excite(ctx, "input", "fc1", "fc2")
 
 
 @register(stochastic_depth, StochasticDepth)

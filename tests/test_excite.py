@@ -1,6 +1,7 @@
-"""torchvision's squeeze-excitation block (EfficientNet, MobileNet-V3, RegNet-Y) is one call with
-its own handler: its squeeze channels are a group, its input channels pass through — and the
-plans, calibration statistics and bias compensation equal those of the block traced through."""
+"""Squeeze-excitation blocks (torchvision's and timm's: EfficientNet, MobileNet-V3, RegNet-Y,
+SE-ResNet) are one call with their own handler: their squeeze channels are a group, their input
+channels pass through — and the plans, calibration statistics and bias compensation equal those
+of the block traced through."""
 from __future__ import annotations
 
 import warnings
@@ -96,3 +97,26 @@ def test_an_unusual_squeeze_excitation_is_traced_through(make):
         slim, _ = roundtrip(model, X, 0.5)
     assert slim.stem[0].out_channels == 8, "the block's input channels are pruned as usual"
     assert slim.se2.fc1.out_channels == 2, "the usual block beside it is one call, pruned"
+
+
+@pytest.mark.parametrize("name", ["mobilenetv3_small_050", "regnety_002", "seresnet18"])
+def test_timm_squeeze_excite_is_one_call_that_plans_as_traced_through(monkeypatch, name):
+    timm = pytest.importorskip("timm")
+    from timm.layers.squeeze_excite import SEModule
+    from timm.models._efficientnet_blocks import SqueezeExcite
+
+    load_optional()
+    model = liven(timm.create_model(name, pretrained=False).eval(), torch.randn(2, 3, 64, 64))
+    x = torch.randn(1, 3, 64, 64)
+    called = {n.target for n in trace.trace(model, surgeon.util.Inputs((x,)))[0].graph.nodes if n.op == "call_module"}
+    blocks = {p for p, m in model.named_modules() if type(m) in (SEModule, SqueezeExcite)}
+    assert blocks and blocks <= called
+    batches = [torch.randn(4, 3, 64, 64)]
+    kinds = {"l2": {}, "activation": {"calibration": batches, "compensate": True}}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        one_call = {k: _summary(surgeon.plan(model, 0.5, x, importance=k, **kw)) for k, kw in kinds.items()}
+        for cls in (SEModule, SqueezeExcite):
+            monkeypatch.delitem(registry._HANDLERS, cls)
+        traced_through = {k: _summary(surgeon.plan(model, 0.5, x, importance=k, **kw)) for k, kw in kinds.items()}
+    assert one_call == traced_through
