@@ -5,14 +5,16 @@ The first three fuse q/k/v into one Linear `qkv` and project with `proj`; relati
 bias tables have one column per head, which leaves with its head. `ClassAttn` has separate
 `q`, `k`, `v` Linears (the class token queries every token). BEiT's attention and `ClassAttn`
 read their head width from the input width, so once heads leave they switch to their
-`surgeon.layers.timm` subclass. The squeeze-excitation blocks (`SqueezeExcite`, `SEModule`) and
-timm's own elementwise activations are one call each. Loaded once timm is imported.
+`surgeon.layers.timm` subclass. The squeeze-excitation blocks (`SqueezeExcite`, `SEModule`),
+`BatchNormAct2d` and timm's own elementwise activations are one call each. Loaded once timm is
+imported.
 """
 from __future__ import annotations
 
 import numpy as np
 from timm.layers import Attention
 from timm.layers import activations as timm_activations
+from timm.layers.norm_act import BatchNormAct2d
 from timm.layers.squeeze_excite import SEModule
 from timm.models._efficientnet_blocks import SqueezeExcite
 from timm.models.beit import Attention as BeitAttention
@@ -25,11 +27,12 @@ from ..layers.timm import SlimBeitAttention, SlimClassAttn
 from .attention import embed, fused_attention, head_units, out_projection, resize_heads
 from .context import Ctx
 from .excite import plain_parts, squeeze_excite
-from .registry import register, resizer
+from .registry import lookup, register, resizer
+from .torch.norm import batch_norm
 from .torch.pointwise import pointwise
 
 __all__ = ["attention", "window_attention", "beit_attention", "class_attention", "squeeze_excite_block",
-           "se_module"]
+           "se_module", "batch_norm_act"]
 
 
 @register(Attention)
@@ -111,3 +114,11 @@ def se_module(ctx: Ctx) -> Labels:
 register(*(getattr(timm_activations, n) for n in (
     "GELU", "GELUTanh", "HardMish", "HardSigmoid", "HardSwish", "Mish", "QuickGELU", "Sigmoid", "Swish", "Tanh",
 ) if hasattr(timm_activations, n)))(pointwise)  # timm's own elementwise activations: one call each
+
+
+@register(BatchNormAct2d, when=lambda m: lookup(m.drop) is pointwise and lookup(m.act) is pointwise)
+def batch_norm_act(ctx: Ctx) -> Labels:
+    """BatchNorm, dropout and an elementwise activation (timm's CNNs) as one call: per channel,
+    as `nn.BatchNorm2d`. Traced through, it costs several nodes, and since its `forward` reads
+    `self.training` the model would be traced in train mode too."""
+    return batch_norm(ctx)

@@ -1,7 +1,7 @@
-"""Squeeze-excitation blocks (torchvision's and timm's: EfficientNet, MobileNet-V3, RegNet-Y,
-SE-ResNet) are one call with their own handler: their squeeze channels are a group, their input
-channels pass through — and the plans, calibration statistics and bias compensation equal those
-of the block traced through."""
+"""Blocks kept as one call with their own handler — squeeze-excitation blocks (torchvision's and
+timm's: EfficientNet, MobileNet-V3, RegNet-Y, SE-ResNet) and timm's `BatchNormAct2d`: the plans,
+calibration statistics and bias compensation equal those of the blocks traced through, and an
+unusual block is traced through."""
 from __future__ import annotations
 
 import warnings
@@ -100,8 +100,9 @@ def test_an_unusual_squeeze_excitation_is_traced_through(make):
 
 
 @pytest.mark.parametrize("name", ["mobilenetv3_small_050", "regnety_002", "seresnet18"])
-def test_timm_squeeze_excite_is_one_call_that_plans_as_traced_through(monkeypatch, name):
+def test_timm_blocks_are_one_call_that_plans_as_traced_through(monkeypatch, name):
     timm = pytest.importorskip("timm")
+    from timm.layers.norm_act import BatchNormAct2d
     from timm.layers.squeeze_excite import SEModule
     from timm.models._efficientnet_blocks import SqueezeExcite
 
@@ -109,14 +110,14 @@ def test_timm_squeeze_excite_is_one_call_that_plans_as_traced_through(monkeypatc
     model = liven(timm.create_model(name, pretrained=False).eval(), torch.randn(2, 3, 64, 64))
     x = torch.randn(1, 3, 64, 64)
     called = {n.target for n in trace.trace(model, surgeon.util.Inputs((x,)))[0].graph.nodes if n.op == "call_module"}
-    blocks = {p for p, m in model.named_modules() if type(m) in (SEModule, SqueezeExcite)}
+    blocks = {p for p, m in model.named_modules() if type(m) in (SEModule, SqueezeExcite, BatchNormAct2d)}
     assert blocks and blocks <= called
     batches = [torch.randn(4, 3, 64, 64)]
     kinds = {"l2": {}, "activation": {"calibration": batches, "compensate": True}}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         one_call = {k: _summary(surgeon.plan(model, 0.5, x, importance=k, **kw)) for k, kw in kinds.items()}
-        for cls in (SEModule, SqueezeExcite):
+        for cls in (SEModule, SqueezeExcite, BatchNormAct2d):
             monkeypatch.delitem(registry._HANDLERS, cls)
         traced_through = {k: _summary(surgeon.plan(model, 0.5, x, importance=k, **kw)) for k, kw in kinds.items()}
     assert one_call == traced_through
