@@ -121,3 +121,18 @@ def test_timm_blocks_are_one_call_that_plans_as_traced_through(monkeypatch, name
             monkeypatch.delitem(registry._HANDLERS, cls)
         traced_through = {k: _summary(surgeon.plan(model, 0.5, x, importance=k, **kw)) for k, kw in kinds.items()}
     assert one_call == traced_through
+
+
+def test_timm_se_module_with_a_norm_between_its_convs(monkeypatch):
+    pytest.importorskip("timm")
+    from timm.layers.squeeze_excite import SEModule
+
+    load_optional()
+    model = liven(SENet(SEModule(16, rd_channels=6, norm_layer=nn.BatchNorm2d)).eval(), X)
+    called = [n.target for n in trace.trace(model, surgeon.util.Inputs((X,)))[0].graph.nodes if n.op == "call_module"]
+    assert "se" in called and "se.bn" not in called
+    slim, _ = roundtrip(model, X, 0.5)
+    assert slim.se.bn.num_features == slim.se.fc1.out_channels == 3
+    one_call = _summary(surgeon.plan(model, 0.5, X, importance="activation", calibration=[X], compensate=True))
+    monkeypatch.delitem(registry._HANDLERS, SEModule)
+    assert one_call == _summary(surgeon.plan(model, 0.5, X, importance="activation", calibration=[X], compensate=True))

@@ -32,14 +32,16 @@ def plain_parts(convs: tuple[nn.Module, ...], activations: tuple[nn.Module, ...]
 
 
 def squeeze_excite(ctx: Ctx, name: str, reduce: str, expand: str, norm: str | None = None) -> Labels:
-    """Relate `x` (argument `name`), the squeeze channels and the two convs (and an eval-mode
+    """Relate `x` (argument `name`), the squeeze channels and the two convs (and a per-channel
     norm between them) of the block; the output carries the labels of `x`."""
     x = ctx.lab(ctx.arg(0, name))
     ctx.bind(f"{reduce}.weight", 1, x[1])
     squeeze = ctx.param(f"{reduce}.weight", 0, active=True)
     ctx.bind(f"{reduce}.bias", 0, squeeze)
-    for t in _NORM if norm else ():
-        ctx.bind(f"{norm}.{t}", 0, squeeze)
+    if norm:
+        for t in _NORM:
+            ctx.bind(f"{norm}.{t}", 0, squeeze)
+        ctx.track("num_features", squeeze, getattr(ctx.module, norm).num_features, module=f"{ctx.node.target}.{norm}")
     ctx.bind(f"{expand}.weight", 1, squeeze)
     ctx.bind(f"{expand}.weight", 0, x[1])
     ctx.bind(f"{expand}.bias", 0, x[1])

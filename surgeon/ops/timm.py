@@ -100,9 +100,9 @@ def squeeze_excite_block(ctx: Ctx) -> Labels:
 
 
 def _plain_se_module(m: SEModule) -> bool:
-    """No max-pool branch, no norm or an eval-mode BatchNorm2d between the convs."""
-    bn_ok = type(m.bn) is nn.Identity or (type(m.bn) is nn.BatchNorm2d and not m.bn.training)
-    return not m.add_maxpool and bn_ok and plain_parts((m.fc1, m.fc2), (m.act, m.gate))
+    """No max-pool branch; no norm, or a BatchNorm2d (per channel) between the convs."""
+    return (not m.add_maxpool and type(m.bn) in (nn.Identity, nn.BatchNorm2d)
+            and plain_parts((m.fc1, m.fc2), (m.act, m.gate)))
 
 
 @register(SEModule, when=_plain_se_module)
