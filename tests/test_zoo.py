@@ -22,7 +22,7 @@ import torchvision
 from torch import nn
 
 import surgeon
-from util import liven, n_params, params
+from util import liven, n_params, params, stale_sizes
 from zoo import CNNS, SEGMENTATION, SLOW, input_size
 
 
@@ -40,6 +40,7 @@ def check(model: nn.Module, x: torch.Tensor, *, max_keep: float = 0.6) -> None:
     assert [t.shape for t in after] == [t.shape for t in before]
     keep = n_params(slim) / n_params(model)
     assert keep <= max_keep, f"kept {keep:.2f} of the parameters"
+    assert not stale_sizes(slim), stale_sizes(slim)
     report = surgeon.verify(model, slim, x, probe_seconds=math.inf)
     assert report.ok, report
     assert report.checked or report.unchecked

@@ -29,6 +29,33 @@ def same_state(model: nn.Module, saved: dict[str, torch.Tensor]) -> bool:
     )
 
 
+def stale_sizes(model: nn.Module) -> list[str]:
+    """Standard layers whose size attributes disagree with their tensors (a rebuild that cut a
+    tensor and left the count its `repr`, `extra_repr` or a later rebuild reads)."""
+    found = []
+    for name, m in model.named_modules():
+        w = getattr(m, "weight", None)
+        if isinstance(m, nn.modules.conv._ConvNd):
+            out, inp = (w.shape[1] * m.groups, w.shape[0]) if m.transposed else (w.shape[0], w.shape[1] * m.groups)
+            ok = (m.out_channels, m.in_channels) == (out, inp)
+        elif isinstance(m, nn.Linear):
+            ok = (m.out_features, m.in_features) == tuple(w.shape)
+        elif isinstance(m, nn.modules.batchnorm._NormBase):
+            t = w if w is not None else m.running_mean
+            ok = t is None or m.num_features == t.shape[0]
+        elif isinstance(m, nn.GroupNorm):
+            ok = w is None or m.num_channels == w.shape[0]
+        elif isinstance(m, nn.LayerNorm):
+            ok = w is None or tuple(m.normalized_shape) == tuple(w.shape)
+        elif isinstance(m, nn.Embedding):
+            ok = (m.num_embeddings, m.embedding_dim) == tuple(w.shape)
+        else:
+            continue
+        if not ok:
+            found.append(f"{name or type(m).__name__}: {m}")
+    return found
+
+
 def roundtrip(model: nn.Module, x, ratio: float = 0.5, **kw) -> tuple[nn.Module, surgeon.Report]:
     """Slim, then check class, output shape, untouched original and mask-equivalence."""
     model.eval()
@@ -44,6 +71,7 @@ def roundtrip(model: nn.Module, x, ratio: float = 0.5, **kw) -> tuple[nn.Module,
     assert got.shape == out.shape
     report = surgeon.verify(model, slim)
     assert report.ok, report
+    assert not stale_sizes(slim), stale_sizes(slim)
     return slim, report
 
 
