@@ -16,7 +16,6 @@ from timm.layers import Attention
 from timm.layers import activations as timm_activations
 from timm.layers.norm_act import BatchNormAct2d
 from timm.layers.squeeze_excite import SEModule
-from timm.models._efficientnet_blocks import SqueezeExcite
 from timm.models.beit import Attention as BeitAttention
 from timm.models.cait import ClassAttn
 from timm.models.swin_transformer import WindowAttention
@@ -30,6 +29,11 @@ from .excite import plain_parts, squeeze_excite
 from .registry import lookup, register, resizer
 from .torch.norm import batch_norm
 from .torch.pointwise import pointwise
+
+try:  # a private module of timm's (EfficientNet / MobileNet blocks): its SE block moves with it
+    from timm.models._efficientnet_blocks import SqueezeExcite
+except ImportError:  # a timm without it: the block is traced through
+    SqueezeExcite = None
 
 __all__ = ["attention", "window_attention", "beit_attention", "class_attention", "squeeze_excite_block",
            "se_module", "batch_norm_act"]
@@ -93,7 +97,8 @@ def resize_class_attention(m: ClassAttn, sizes: dict) -> None:
     _switch(m, m.q.weight.shape[0], SlimClassAttn)
 
 
-@register(SqueezeExcite, when=lambda m: plain_parts((m.conv_reduce, m.conv_expand), (m.act1, m.gate)))
+@register(*[c for c in (SqueezeExcite,) if c is not None],
+          when=lambda m: plain_parts((m.conv_reduce, m.conv_expand), (m.act1, m.gate)))
 def squeeze_excite_block(ctx: Ctx) -> Labels:
     """The EfficientNet / MobileNet family's SE block as one call (`ops.excite`)."""
     return squeeze_excite(ctx, "x", "conv_reduce", "conv_expand")
