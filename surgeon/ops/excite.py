@@ -15,14 +15,13 @@ from torch import nn
 
 from ..core.labels import Labels
 from .registry import lookup
+from .torch.norm import PER_CHANNEL
 from .torch.pointwise import pointwise
 
 if TYPE_CHECKING:  # handlers only receive one
     from .context import Ctx
 
 __all__ = ["plain_parts", "squeeze_excite"]
-
-_NORM = ("weight", "bias", "running_mean", "running_var")
 
 
 def plain_parts(convs: tuple[nn.Module, ...], activations: tuple[nn.Module, ...]) -> bool:
@@ -39,7 +38,7 @@ def squeeze_excite(ctx: Ctx, name: str, reduce: str, expand: str, norm: str | No
     squeeze = ctx.param(f"{reduce}.weight", 0, active=True)
     ctx.bind(f"{reduce}.bias", 0, squeeze)
     if norm:
-        for t in _NORM:
+        for t in PER_CHANNEL:
             ctx.bind(f"{norm}.{t}", 0, squeeze)
         ctx.track("num_features", squeeze, getattr(ctx.module, norm).num_features, module=f"{ctx.node.target}.{norm}")
     ctx.bind(f"{expand}.weight", 1, squeeze)

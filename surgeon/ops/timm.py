@@ -26,7 +26,7 @@ from ..layers.timm import SlimBeitAttention, SlimClassAttn
 from .attention import embed, fused_attention, head_units, out_projection, resize_heads
 from .context import Ctx
 from .excite import plain_parts, squeeze_excite
-from .registry import lookup, register, resizer
+from .registry import register, resizer
 from .torch.norm import batch_norm
 from .torch.pointwise import pointwise
 
@@ -121,7 +121,7 @@ register(*(getattr(timm_activations, n) for n in (
 ) if hasattr(timm_activations, n)))(pointwise)  # timm's own elementwise activations: one call each
 
 
-@register(BatchNormAct2d, when=lambda m: lookup(m.drop) is pointwise and lookup(m.act) is pointwise)
+@register(BatchNormAct2d, when=lambda m: plain_parts((), (m.drop, m.act)))
 def batch_norm_act(ctx: Ctx) -> Labels:
     """BatchNorm, dropout and an elementwise activation (timm's CNNs) as one call: per channel,
     as `nn.BatchNorm2d`. Traced through, it costs several nodes, and since its `forward` reads

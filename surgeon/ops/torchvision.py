@@ -28,6 +28,7 @@ from .attention import fused_attention
 from .context import Ctx
 from .excite import plain_parts, squeeze_excite
 from .registry import register, resizer
+from .torch.norm import PER_CHANNEL
 
 __all__ = ["swin_attention", "swin_v2_attention", "maxvit_attention", "frozen_batch_norm", "squeeze_excitation", "per_sample",
            "patch_merging_pad"]
@@ -94,7 +95,7 @@ def frozen_batch_norm(ctx: Ctx) -> Labels:
     """Per-channel buffers follow channel dimension 1. (Registered, it stays one call: traced
     through, fx would fold its buffers into constants, and its channels would be kept.)"""
     x = ctx.lab(ctx.arg(0, "x"))
-    for attr in ("weight", "bias", "running_mean", "running_var"):
+    for attr in PER_CHANNEL:
         ctx.bind(attr, 0, x[1])
     return x
 

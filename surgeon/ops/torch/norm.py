@@ -13,8 +13,11 @@ from ...core.labels import Labels
 from ..context import Ctx
 from ..registry import register, resizer
 
-__all__ = ["batch_norm", "group_norm", "group_norm_function", "layer_norm", "functional_layer_norm",
+__all__ = ["PER_CHANNEL", "batch_norm", "group_norm", "group_norm_function", "layer_norm", "functional_layer_norm",
            "functional_batch_norm", "prelu", "local_response_norm"]
+
+PER_CHANNEL = ("weight", "bias", "running_mean", "running_var")
+"""A batch norm's tensors, one entry per channel."""
 
 _BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm,
        nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d)
@@ -26,7 +29,7 @@ def batch_norm(ctx: Ctx) -> Labels:
     x = ctx.lab(ctx.arg(0, "input"))
     unbatched = getattr(ctx.module, "_get_no_batch_dim", lambda: -1)()
     cdim = 0 if len(x) == unbatched else 1
-    for attr in ("weight", "bias", "running_mean", "running_var"):
+    for attr in PER_CHANNEL:
         ctx.bind(attr, 0, x[cdim])
     ctx.track("num_features", x[cdim], ctx.module.num_features)
     return x
