@@ -77,6 +77,7 @@ def _worker(out: Path) -> None:
     torch.save(masks.masks_of(model), out / f"masks{rank}.pt")
     torch.save(model[0].weight_orig.detach(), out / f"weights{rank}.pt")
     assert distributed.is_main() == (rank == 0)
+    dist.barrier()  # both ranks done before the group goes (a rank tearing down first aborted the other once)
     dist.destroy_process_group()
 
 
